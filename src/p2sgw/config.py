@@ -1,0 +1,114 @@
+"""Gateway configuration: one TOML file (`p2sgw.toml`) in the state directory.
+
+Names follow the cloud point-to-site gateway operators already know: address pools,
+routes, auth types, trusted root certificates and revoked certificates (by SHA-1 thumbprint).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CONFIG_NAME = "p2sgw.toml"
+DEFAULT_STATE_DIR = "/var/lib/p2sgw"
+STATE_DIR_ENV = "P2SGW_STATE_DIR"
+MAX_TRUSTED_ROOTS = 20
+
+AuthType = Literal["certificate"]
+Cipher = Literal["AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenVPNSettings(_Model):
+    enabled: bool = True
+    listen: str = "0.0.0.0"
+    udp_port: int | None = 1194
+    tcp_port: int | None = 443
+    tls_wrap: Literal["tls-crypt", "tls-auth"] = "tls-crypt"
+    # Server preference order; the first one the client lists in IV_CIPHERS wins.
+    ciphers: list[Cipher] = ["AES-256-GCM", "CHACHA20-POLY1305", "AES-128-GCM"]
+    reneg_sec: int = 3600
+    keepalive_interval: int = 10
+    keepalive_timeout: int = 60
+    hand_window: int = 60
+    tls_timeout: float = 2.0
+    transition_window: int = 3600
+    tun_name: str = "p2sgw0"
+    tun_mtu: int = 1500
+    max_handshakes_per_second: int = 200
+
+
+class TrustedRoot(_Model):
+    """A root CA whose client certificates are accepted (PEM stored inline)."""
+
+    name: str
+    public_cert_data: str  # PEM
+    thumbprint: str  # SHA-1 hex, upper case
+
+
+class RevokedCertificate(_Model):
+    name: str
+    thumbprint: str  # SHA-1 hex of the client certificate, upper case
+
+
+class GatewayConfig(_Model):
+    public_address: str
+    vpn_client_address_pool: list[str]
+    routes: list[str] = Field(default_factory=list)
+    dns_servers: list[str] = Field(default_factory=list)
+    vpn_auth_types: list[AuthType] = ["certificate"]
+    vpn_client_root_certificates: list[TrustedRoot] = Field(default_factory=list)
+    vpn_client_revoked_certificates: list[RevokedCertificate] = Field(default_factory=list)
+    database_url: str = ""  # empty: SQLite file in the state directory
+    log_level: str = "info"
+    openvpn: OpenVPNSettings = Field(default_factory=OpenVPNSettings)
+
+    @field_validator("vpn_client_address_pool", "routes")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return [str(ipaddress.ip_network(v, strict=False)) for v in value]
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [str(ipaddress.ip_address(v)) for v in value]
+
+    @field_validator("vpn_client_root_certificates")
+    @classmethod
+    def _root_limit(cls, value: list[TrustedRoot]) -> list[TrustedRoot]:
+        if len(value) > MAX_TRUSTED_ROOTS:
+            raise ValueError(f"at most {MAX_TRUSTED_ROOTS} trusted root certificates")
+        return value
+
+    def revoked_thumbprints(self) -> set[str]:
+        return {r.thumbprint.upper() for r in self.vpn_client_revoked_certificates}
+
+
+def resolve_state_dir(value: str | os.PathLike | None = None) -> Path:
+    return Path(value or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+def load_config(state_dir: Path) -> GatewayConfig:
+    path = state_dir / CONFIG_NAME
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: run 'p2sgw init' first") from None
+    return GatewayConfig.model_validate(data)
+
+
+def save_config(state_dir: Path, config: GatewayConfig) -> None:
+    """Write atomically so a running gateway never reads half a file."""
+    path = state_dir / CONFIG_NAME
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(config.model_dump(mode="json", exclude_none=True)))
+    os.replace(tmp, path)

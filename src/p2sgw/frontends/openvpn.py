@@ -1,0 +1,224 @@
+"""OpenVPN front-end: ties the sans-I/O core to authentication, addresses and the session model.
+
+The I/O adapters (io/openvpn_udp.py, io/openvpn_tcp.py) own sockets and call in here for
+control packets; data packets go straight from the adapter to `OpenVPNPeer.core` and the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..auth.base import Credentials
+from ..logs import log, warn
+from ..openvpn import events as ev
+from ..openvpn.push import ClientNetworkConfig
+from ..openvpn.server import MAX_PEER_ID, OpenVPNListener
+from ..openvpn.session import OpenVPNServerSession, SessionSettings
+from ..sessions import Session
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+
+class OpenVPNPeer:
+    """One OpenVPN client as the rest of the gateway sees it (implements sessions.Tunnel)."""
+
+    __slots__ = ("core", "protocol", "addr", "send", "session", "vip_bytes", "frontend", "closed")
+
+    def __init__(self, frontend: OpenVPNFrontend, core: OpenVPNServerSession, protocol: str,
+                 addr: tuple[str, int], send: Callable[[bytes], None]) -> None:
+        self.frontend = frontend
+        self.core = core
+        self.protocol = protocol
+        self.addr = addr
+        self.send = send  # transmits one OpenVPN packet to this client
+        self.session: Session | None = None
+        self.vip_bytes: bytes | None = None
+        self.closed = False
+
+    @property
+    def remote(self) -> str:
+        return f"{self.addr[0]}:{self.addr[1]}"
+
+    @property
+    def bytes_in(self) -> int:
+        return self.core.bytes_in
+
+    @property
+    def bytes_out(self) -> int:
+        return self.core.bytes_out
+
+    def disconnect(self, message: str) -> None:
+        """Tell the client (RESTART, HALT, AUTH_FAILED,…) and end the session."""
+        self.core.disconnect(time.time(), message)
+        self.frontend.pump(self)
+
+    def abandon(self, reason: str) -> None:
+        """End the session without a word to the client (its address belongs to someone else now)."""
+        self.core.close(time.time(), reason)
+        self.frontend.pump(self)
+
+
+class PeerIds:
+    """Free list of 24-bit peer-ids; the table index is the id, so lookup is a list access."""
+
+    def __init__(self) -> None:
+        self.table: dict[int, OpenVPNPeer] = {}
+        self._next = 0
+        self._free: list[int] = []
+
+    def allocate(self) -> int | None:
+        if self._free:
+            return self._free.pop()
+        if self._next > MAX_PEER_ID:
+            return None
+        self._next += 1
+        return self._next - 1
+
+    def release(self, peer_id: int) -> None:
+        if self.table.pop(peer_id, None) is not None or peer_id < self._next:
+            self._free.append(peer_id)
+
+
+class OpenVPNFrontend:
+    def __init__(self, gateway: Gateway, settings: SessionSettings) -> None:
+        self.gw = gateway
+        self.peer_ids = PeerIds()
+        self.listener = OpenVPNListener(
+            settings,
+            gateway.tls_wrap,
+            lambda: gateway.tls_context,
+            self.peer_ids.allocate,
+            gateway.config.openvpn.max_handshakes_per_second,
+        )
+        self.peers: set[OpenVPNPeer] = set()
+        self._auth_tasks: set[asyncio.Task] = set()
+
+    # ---------------------------------------------------------------- lifecycle of peers
+    def add_peer(self, core: OpenVPNServerSession, protocol: str, addr: tuple[str, int],
+                 send: Callable[[bytes], None]) -> OpenVPNPeer:
+        peer = OpenVPNPeer(self, core, protocol, addr, send)
+        self.peer_ids.table[core.peer_id] = peer
+        self.peers.add(peer)
+        return peer
+
+    def pump(self, peer: OpenVPNPeer) -> None:
+        """Deliver what the core produced: packets out, events handled, timer re-armed."""
+        core = peer.core
+        while (event := core.next_event()) is not None:
+            self._handle_event(peer, event)
+        for datagram in core.datagrams_to_send():
+            peer.send(datagram)
+        self.gw.timers.schedule(peer, core.timer())
+        if core.closed and not peer.closed:
+            self._forget(peer)
+
+    def on_timer(self, peer: OpenVPNPeer, now: float) -> None:
+        peer.core.handle_timer(now)
+        self.pump(peer)
+
+    def _forget(self, peer: OpenVPNPeer) -> None:
+        peer.closed = True
+        self.gw.timers.cancel(peer)
+        self.peers.discard(peer)
+        self.peer_ids.release(peer.core.peer_id)
+        self.gw.transports_forget(peer)
+        if peer.session is not None:
+            self.gw.end_session(peer.session, peer.vip_bytes)
+
+    # ---------------------------------------------------------------- events
+    def _handle_event(self, peer: OpenVPNPeer, event: ev.Event) -> None:
+        sid = peer.session.id if peer.session else None
+        if isinstance(event, ev.AuthRequest):
+            task = asyncio.ensure_future(self._authenticate(peer, event))
+            self._auth_tasks.add(task)
+            task.add_done_callback(self._auth_tasks.discard)
+        elif isinstance(event, ev.Established):
+            log("openvpn.established", session=sid, identity=peer.session.identity if peer.session else "",
+                cipher=event.cipher, tls=event.tls_version, remote=peer.remote)
+        elif isinstance(event, ev.RenegotiationStarted):
+            log("openvpn.renegotiation", session=sid, key_id=event.key_id, by_client=event.by_client)
+        elif isinstance(event, ev.Renegotiated):
+            log("openvpn.renegotiated", session=sid, key_id=event.key_id)
+        elif isinstance(event, ev.HandshakeFailed):
+            warn("openvpn.handshake_failed", remote=peer.remote, session=sid, key_id=event.key_id, reason=event.reason)
+        elif isinstance(event, ev.AuthFailed):
+            pass  # logged where the decision was made
+        elif isinstance(event, ev.ClientExit):
+            log("openvpn.client_exit", session=sid, remote=peer.remote, reason=event.reason)
+        elif isinstance(event, ev.PacketDropped):
+            self.gw.drops.drop(event.reason, remote=peer.remote)
+        elif isinstance(event, ev.SessionClosed):
+            log("openvpn.closed", session=sid, remote=peer.remote, reason=event.reason)
+        elif isinstance(event, ev.ControlMessage):
+            log("openvpn.control_message", session=sid, text=event.text[:100])
+
+    async def _authenticate(self, peer: OpenVPNPeer, event: ev.AuthRequest) -> None:
+        creds = Credentials(
+            protocol=peer.protocol,
+            remote=peer.remote,
+            peer_chain=event.peer_chain,  # TLS has verified it: a failed chain never gets this far
+            username=event.username,
+            password=event.password,
+        )
+        result = await self.gw.authenticate(creds)
+        now = time.time()
+        if peer.closed:
+            return
+        if not result.ok:
+            warn("auth.refused", protocol=peer.protocol, remote=peer.remote, identity=result.identity,
+                 method=result.method, reason=result.reason, renegotiation=event.renegotiation)
+            peer.core.deny(event.key_id, result.reason, now)
+            self.pump(peer)
+            return
+        if event.renegotiation and peer.session is not None:
+            if result.identity != peer.session.identity:
+                peer.core.deny(event.key_id, "identity changed on renegotiation", now)
+                warn("auth.refused", session=peer.session.id, reason="identity changed on renegotiation")
+            else:
+                peer.core.authorize(event.key_id, now=now)
+            self.pump(peer)
+            return
+        address = self.gw.pool.lease(result.identity)
+        if address is None:
+            warn("address.pool_exhausted", identity=result.identity, remote=peer.remote,
+                 pools=",".join(str(n) for n in self.gw.pool.networks))
+            peer.core.deny(event.key_id, "no free address in the client address pool", now)
+            self.pump(peer)
+            return
+        session = Session(
+            protocol=peer.protocol,
+            identity=result.identity,
+            auth_method=result.method,
+            remote=peer.remote,
+            tunnel=peer,
+            virtual_ip=address,
+            policy_group=result.policy_group,
+            cert_thumbprint=result.cert_thumbprint,
+        )
+        peer.session = session
+        peer.vip_bytes = address.packed
+        self.gw.start_session(session, peer)
+        network = ipaddress.ip_network(f"{address}/{self.gw.pool.netmask_for(address)}", strict=False)
+        peer.core.authorize(
+            event.key_id,
+            ClientNetworkConfig(
+                address=address,
+                network=network,
+                gateway=network.network_address + 1,
+                routes=[ipaddress.ip_network(r) for r in self.gw.config.routes],
+                dns_servers=list(self.gw.config.dns_servers),
+            ),
+            now=now,
+        )
+        log("session.up", session=session.id, identity=session.identity, protocol=session.protocol,
+            virtual_ip=str(address), remote=peer.remote, auth=result.method, tls=event.tls_version)
+        self.pump(peer)
+
+    def shutdown(self, message: str = "RESTART") -> None:
+        for peer in list(self.peers):
+            peer.disconnect(message)

@@ -1,0 +1,275 @@
+"""Wires the gateway together: config, PKI, store, address pool, auth, TUN, listeners, control socket.
+
+One process today; the data path is written so that worker processes (one TUN queue, one
+SO_REUSEPORT socket and one slice of the pool each) can take over without rewriting it
+(docs/dataplane.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .addressing import AddressPool
+from .auth.base import AuthResult, Credentials
+from .auth.certificate import CertificateAuthenticator
+from .config import CONFIG_NAME, GatewayConfig, load_config
+from .control import start_control_server
+from .frontends.openvpn import OpenVPNFrontend, OpenVPNPeer
+from .io.openvpn_tcp import OpenVPNTcpConnection
+from .io.openvpn_udp import OpenVPNUdpEndpoint
+from .io.timers import TimerHeap
+from .io.tun import TunDevice, ip_forwarding_enabled
+from .logs import DropCounter, log, setup_logging, warn
+from .openvpn.session import SessionSettings
+from .openvpn.static_key import parse_static_key
+from .openvpn.tls import build_server_context
+from .openvpn.tls_wrap import TlsAuth, TlsCrypt
+from .pki import Pki, load_pem_certificate
+from .sessions import Session, SessionRegistry
+from .store import Store
+
+CONFIG_POLL_INTERVAL = 1.0
+TUN_BATCH = 64
+
+
+class Gateway:
+    def __init__(self, state_dir: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self.state_dir = state_dir
+        self.loop = loop
+        self.config: GatewayConfig = load_config(state_dir)
+        self._config_mtime = self._mtime()
+        self.pki = Pki(state_dir)
+        self.store = Store.for_state_dir(state_dir, self.config)
+        self.pool = AddressPool(self.config.vpn_client_address_pool, self.store)
+        self.registry = SessionRegistry()
+        self.drops = DropCounter()
+        self.timers = TimerHeap(loop, self._on_timer)
+        self.cert_auth = CertificateAuthenticator(self.config.revoked_thumbprints())
+        key2 = parse_static_key(self.pki.tls_crypt_key_path.read_text())
+        ovpn = self.config.openvpn
+        self.tls_wrap = TlsCrypt(key2) if ovpn.tls_wrap == "tls-crypt" else TlsAuth(key2)
+        self.tls_context = self._build_tls_context()
+        self.routes: dict[bytes, OpenVPNPeer] = {}  # virtual IP (packed) -> peer
+        self._tcp: dict[OpenVPNPeer, OpenVPNTcpConnection] = {}
+        self.tun: TunDevice | None = None
+        self.udp: OpenVPNUdpEndpoint | None = None
+        self.tcp_server: asyncio.AbstractServer | None = None
+        self.control_server: asyncio.AbstractServer | None = None
+        self.frontend = OpenVPNFrontend(
+            self,
+            SessionSettings(
+                ciphers=tuple(ovpn.ciphers),
+                reneg_sec=ovpn.reneg_sec,
+                ping=ovpn.keepalive_interval,
+                ping_restart=ovpn.keepalive_timeout,
+                hand_window=ovpn.hand_window,
+                tls_timeout=ovpn.tls_timeout,
+                transition_window=ovpn.transition_window,
+                tun_mtu=ovpn.tun_mtu,
+            ),
+        )
+        self._stopping = asyncio.Event()
+
+    # ---------------------------------------------------------------- set-up
+    def _mtime(self) -> float:
+        try:
+            return (self.state_dir / CONFIG_NAME).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _trusted_roots(self) -> list[x509.Certificate]:
+        roots = [self.pki.ca_certificate()]
+        roots += [load_pem_certificate(r.public_cert_data) for r in self.config.vpn_client_root_certificates]
+        return roots
+
+    def _build_tls_context(self):
+        cert = x509.load_pem_x509_certificate(self.pki.server_cert_path.read_bytes())
+        key = serialization.load_pem_private_key(self.pki.server_key_path.read_bytes(), None)
+        return build_server_context(cert, key, [self.pki.ca_certificate()], self._trusted_roots())
+
+    async def start(self) -> None:
+        ovpn = self.config.openvpn
+        gateway_ifaces = [
+            ipaddress.ip_interface(f"{net.network_address + 1}/{net.prefixlen}") for net in self.pool.networks
+        ]
+        self.tun = TunDevice(ovpn.tun_name, ovpn.tun_mtu, gateway_ifaces)
+        self.loop.add_reader(self.tun.fds[0], self._tun_readable)
+        if not ip_forwarding_enabled():
+            warn("ip_forward.disabled", hint="sysctl -w net.ipv4.ip_forward=1 so tunnels reach the VNet")
+        if ovpn.enabled and ovpn.udp_port:
+            self.udp = OpenVPNUdpEndpoint(self, self.frontend, ovpn.listen, ovpn.udp_port)
+            log("listen", protocol="openvpn-udp", address=f"{ovpn.listen}:{ovpn.udp_port}")
+        if ovpn.enabled and ovpn.tcp_port:
+            self.tcp_server = await self.loop.create_server(
+                lambda: OpenVPNTcpConnection(self, self.frontend), ovpn.listen, ovpn.tcp_port, reuse_address=True,
+                reuse_port=True,
+            )
+            log("listen", protocol="openvpn-tcp", address=f"{ovpn.listen}:{ovpn.tcp_port}")
+        self.control_server = await start_control_server(self.state_dir / "control.sock", self.handle_control)
+        self.loop.create_task(self._watch_config())
+        log("gateway.ready", public_address=self.config.public_address,
+            pools=",".join(self.config.vpn_client_address_pool), tun=ovpn.tun_name)
+
+    # ---------------------------------------------------------------- data path
+    def tun_write(self, packet: bytes) -> None:
+        try:
+            os.write(self._tun_fd, packet)
+        except (BlockingIOError, InterruptedError):
+            self.drops.drop("tun queue full")
+        except OSError as exc:
+            self.drops.drop(f"tun write failed: {exc.strerror}")
+
+    def _tun_readable(self) -> None:
+        read = os.read
+        fd = self._tun_fd
+        routes = self.routes
+        for _ in range(TUN_BATCH):
+            try:
+                packet = read(fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            peer = routes.get(packet[16:20])
+            if peer is None:
+                continue  # not for a client (e.g. the kernel probing the pool): nothing to do
+            encrypted = peer.core.encrypt(packet)
+            if encrypted is not None:
+                peer.send(encrypted)
+
+    @property
+    def _tun_fd(self) -> int:
+        assert self.tun is not None
+        return self.tun.fds[0]
+
+    # ---------------------------------------------------------------- sessions
+    async def authenticate(self, creds: Credentials) -> AuthResult:
+        return await self.cert_auth.authenticate(creds)
+
+    def start_session(self, session: Session, peer: OpenVPNPeer) -> None:
+        self.registry.add(session)
+        assert session.virtual_ip is not None
+        self.routes[session.virtual_ip.packed] = peer
+
+    def end_session(self, session: Session, vip_bytes: bytes | None) -> None:
+        self.registry.remove(session)
+        if vip_bytes is not None and self.routes.get(vip_bytes) is session.tunnel:
+            del self.routes[vip_bytes]
+        if session.virtual_ip is not None:
+            self.pool.release(session.virtual_ip)
+        log("session.down", session=session.id, identity=session.identity, virtual_ip=str(session.virtual_ip),
+            bytes_in=session.tunnel.bytes_in, bytes_out=session.tunnel.bytes_out,
+            duration_s=int(time.time() - session.connected_at.timestamp()))
+
+    def transports_track(self, peer: OpenVPNPeer, conn: OpenVPNTcpConnection) -> None:
+        self._tcp[peer] = conn
+
+    def transports_forget(self, peer: OpenVPNPeer) -> None:
+        conn = self._tcp.pop(peer, None)
+        if conn is not None:
+            conn.close()
+        if self.udp is not None:
+            self.udp.forget(peer)
+
+    def _on_timer(self, peer: OpenVPNPeer, now: float) -> None:
+        self.frontend.on_timer(peer, now)
+        self.drops.flush(now)
+
+    # ---------------------------------------------------------------- management
+    async def handle_control(self, request: dict) -> dict:
+        op = request.get("op")
+        if op == "sessions":
+            return {"ok": True, "sessions": [s.as_dict() for s in self.registry]}
+        if op == "disconnect":
+            session = self.registry.get(str(request.get("id", "")))
+            if session is None:
+                return {"ok": False, "error": "no such session"}
+            log("session.disconnect", session=session.id, identity=session.identity, by="operator")
+            session.tunnel.disconnect("HALT")
+            return {"ok": True}
+        if op == "reload":
+            self.reload_config()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def _watch_config(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(CONFIG_POLL_INTERVAL)
+            if self._mtime() != self._config_mtime:
+                self.reload_config()
+            self.drops.flush(time.time())
+
+    def reload_config(self) -> None:
+        """Re-read p2sgw.toml: trusted roots and revocations apply at once, also to live sessions."""
+        self._config_mtime = self._mtime()
+        try:
+            config = load_config(self.state_dir)
+        except Exception as exc:  # a half-edited file must not take the gateway down
+            warn("config.reload_failed", error=str(exc))
+            return
+        self.config = config
+        self.cert_auth.revoked = config.revoked_thumbprints()
+        try:
+            self.tls_context = self._build_tls_context()
+        except Exception as exc:
+            warn("config.tls_context_failed", error=str(exc))
+        log("config.reloaded", revoked=len(self.cert_auth.revoked), roots=len(config.vpn_client_root_certificates))
+        for session in self.registry:
+            if session.cert_thumbprint and session.cert_thumbprint in self.cert_auth.revoked:
+                warn("session.revoked", session=session.id, identity=session.identity,
+                     thumbprint=session.cert_thumbprint)
+                session.tunnel.disconnect("AUTH_FAILED,certificate revoked")
+
+    async def run(self) -> None:
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stopping.set)
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        log("gateway.stopping", sessions=len(self.registry))
+        self.frontend.shutdown("RESTART")  # clients reconnect (to another node, or to us after restart)
+        deadline = time.time() + 2.0
+        while self.frontend.peers and time.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+        if self.control_server is not None:
+            self.control_server.close()
+        (self.state_dir / "control.sock").unlink(missing_ok=True)
+        if self.tun is not None:
+            self.loop.remove_reader(self.tun.fds[0])
+            self.tun.close()
+        self.timers.close()
+        self.store.close()
+        log("gateway.stopped")
+
+
+def run_gateway(state_dir: Path) -> int:
+    config = load_config(state_dir)
+    setup_logging(config.log_level)
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        gateway = Gateway(state_dir, loop)
+        loop.run_until_complete(gateway.run())
+    except OSError as exc:
+        warn("gateway.failed", error=str(exc))
+        return 1
+    finally:
+        loop.close()
+    return 0

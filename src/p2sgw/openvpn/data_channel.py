@@ -1,0 +1,99 @@
+"""AEAD data channel (ovpn26 crypto.c openvpn_encrypt_aead/openvpn_decrypt_aead).
+
+P_DATA_V2 wire format: op|key_id (1) peer_id (3) | packet_id (4) | tag (16) | ciphertext.
+Nonce = packet_id || implicit IV (8 bytes from the hmac slot); AAD = the first 8 bytes.
+This is the hot path: one object per key, prebuilt header, no per-packet dict lookups.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from .packets import P_DATA_V1, P_DATA_V2, op_byte
+from .replay import ReplayWindow
+from .static_key import Key2
+
+TAG_SIZE = 16
+V2_OVERHEAD = 4 + 4 + TAG_SIZE
+PACKET_ID_WRAP_TRIGGER = 0xFF000000
+NO_PEER_ID = 0xFFFFFF
+
+KEEPALIVE_PING = bytes.fromhex("2a187bf3641eb4cb07ed2d0a981fc748")
+OCC_MAGIC = bytes.fromhex("287f346bd4ef7a812d56b8d3afc5459c")
+OCC_EXIT = 6
+
+_CIPHER_KEY_SIZE = {"AES-256-GCM": 32, "AES-128-GCM": 16, "CHACHA20-POLY1305": 32}
+SUPPORTED_CIPHERS = tuple(_CIPHER_KEY_SIZE)
+
+_pack_id = struct.Struct("!I").pack
+_unpack_id = struct.Struct("!I").unpack_from
+
+
+class DataKey:
+    """One direction pair of data-channel keys for one key_id, server side."""
+
+    __slots__ = ("cipher", "key_id", "peer_id", "_tx", "_rx", "_tx_iv", "_rx_iv", "_header", "tx_packet_id", "replay")
+
+    def __init__(
+        self, cipher: str, key2: Key2, key_id: int, peer_id: int, server: bool = True, data_v2: bool = True
+    ) -> None:
+        size = _CIPHER_KEY_SIZE[cipher]
+        aead = ChaCha20Poly1305 if cipher == "CHACHA20-POLY1305" else AESGCM
+        tx, rx = (1, 0) if server else (0, 1)  # server = key direction INVERSE
+        self.cipher = cipher
+        self.key_id = key_id
+        self.peer_id = peer_id
+        self._tx = aead(key2.cipher(tx)[:size])
+        self._rx = aead(key2.cipher(rx)[:size])
+        self._tx_iv = key2.hmac(tx)[:8]
+        self._rx_iv = key2.hmac(rx)[:8]
+        if data_v2:
+            self._header = struct.pack("!I", (op_byte(P_DATA_V2, key_id) << 24) | (peer_id & 0xFFFFFF))
+        else:
+            self._header = bytes([op_byte(P_DATA_V1, key_id)])
+        self.tx_packet_id = 0
+        self.replay = ReplayWindow(64)
+
+    @property
+    def needs_renegotiation(self) -> bool:
+        return self.tx_packet_id >= PACKET_ID_WRAP_TRIGGER
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        self.tx_packet_id += 1
+        pid = _pack_id(self.tx_packet_id)
+        header = self._header
+        aad = header + pid if len(header) == 4 else pid  # P_DATA_V1 authenticates the packet id only
+        sealed = self._tx.encrypt(pid + self._tx_iv, plaintext, aad)
+        return b"".join((header, pid, sealed[-TAG_SIZE:], sealed[:-TAG_SIZE]))
+
+    def decrypt(self, packet: bytes) -> bytes | None:
+        """Plaintext, or None for a forged, corrupt or replayed packet (caller counts the drop)."""
+        hdr = 4 if packet[0] >> 3 == P_DATA_V2 else 1
+        if len(packet) < hdr + 4 + TAG_SIZE:
+            return None
+        (pid,) = _unpack_id(packet, hdr)
+        if not self.replay.check(pid):
+            return None
+        aad_end = hdr + 4
+        tag_end = aad_end + TAG_SIZE
+        try:
+            plain = self._rx.decrypt(
+                packet[hdr:aad_end] + self._rx_iv,
+                packet[tag_end:] + packet[aad_end:tag_end],
+                packet[:aad_end] if hdr == 4 else packet[hdr:aad_end],
+            )
+        except InvalidTag:
+            return None
+        self.replay.update(pid)
+        return plain
+
+
+def is_keepalive(payload: bytes) -> bool:
+    return payload == KEEPALIVE_PING
+
+
+def is_occ_exit(payload: bytes) -> bool:
+    return len(payload) == 17 and payload[:16] == OCC_MAGIC and payload[16] == OCC_EXIT

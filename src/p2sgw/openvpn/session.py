@@ -1,0 +1,552 @@
+"""One OpenVPN client session, server side, as a sans-I/O state machine.
+
+Inputs: `receive_control(packet, now)`, `decrypt(packet)` (data fast path), `handle_timer(now)`
+and the application's decisions (`authorize`, `deny`, `disconnect`). Outputs: `datagrams_to_send()`,
+`next_event()`, `timer()`. No sockets, no clock reads.
+
+A session holds up to eight key states (key_id 0..7), one per TLS session: the initial one and
+each renegotiation. Data keys are selected by the key_id in each data packet, so traffic keeps
+flowing with the old key while a new one is negotiated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from OpenSSL import SSL
+
+from . import events as ev
+from .data_channel import SUPPORTED_CIPHERS, DataKey, KEEPALIVE_PING, is_keepalive, is_occ_exit
+from .keys import (
+    EKM_LABEL,
+    IV_PROTO_AUTH_PENDING_KW,
+    IV_PROTO_CC_EXIT_NOTIFY,
+    IV_PROTO_DATA_V2,
+    IV_PROTO_REQUEST_PUSH,
+    IV_PROTO_TLS_KEY_EXPORT,
+    ClientKeyMethod2,
+    build_server_key_method_2,
+    parse_client_key_method_2,
+)
+from .packets import (
+    MAX_ACKS_PIGGYBACK,
+    MAX_ACKS_STANDALONE,
+    P_ACK_V1,
+    P_CONTROL_HARD_RESET_CLIENT_V2,
+    P_CONTROL_HARD_RESET_SERVER_V2,
+    P_CONTROL_SOFT_RESET_V1,
+    P_CONTROL_V1,
+    ControlPacket,
+    PacketError,
+    parse_body,
+    split_header,
+)
+from .push import ClientNetworkConfig, build_push_replies
+from .reliable import ReliableReceiver, ReliableSender
+from .replay import ReplayWindow
+from .static_key import Key2
+from .tls import TlsEndpoint
+from .tls_wrap import TlsWrap, WrapError
+
+TLS_PAYLOAD_CHUNK = 1100  # keeps each control packet under openvpn's 1250-byte tls-mtu
+CLOSE_LINGER = 2.0  # seconds to let a final control message (AUTH_FAILED, HALT) be delivered
+PUSH_REQUEST_DEBOUNCE = 30.0
+
+
+@dataclass(slots=True)
+class SessionSettings:
+    ciphers: tuple[str, ...] = ("AES-256-GCM", "CHACHA20-POLY1305", "AES-128-GCM")
+    reneg_sec: float = 3600
+    ping: int = 10
+    ping_restart: int = 60  # pushed to the client; the server waits twice as long, like openvpn
+    hand_window: float = 60
+    tls_timeout: float = 2.0
+    transition_window: float = 3600
+    tcp: bool = False
+    tun_mtu: int = 1500
+
+
+class KeyState:
+    """One TLS session and its data keys (ovpn26 key_state)."""
+
+    __slots__ = (
+        "key_id", "tls", "sender", "receiver", "phase", "km2", "plaintext", "data_key", "deadline",
+        "activated_at", "push_requested", "push_sent_at",
+    )
+
+    def __init__(self, key_id: int, tls: TlsEndpoint, now: float, hand_window: float, tls_timeout: float,
+                 first_send_id: int, first_recv_id: int) -> None:
+        self.key_id = key_id
+        self.tls = tls
+        self.sender = ReliableSender(first_send_id, tls_timeout)
+        self.receiver = ReliableReceiver(first_recv_id)
+        self.phase = "tls"  # tls -> auth (km2 in, awaiting decision) -> authorized -> active | failed
+        self.km2: ClientKeyMethod2 | None = None
+        self.plaintext = bytearray()  # control-channel commands not yet terminated by NUL
+        self.data_key: DataKey | None = None
+        self.deadline = now + hand_window
+        self.activated_at = 0.0
+        self.push_requested = False
+        self.push_sent_at: float | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Application decision about the initial key state, applied when the client asks for it."""
+
+    network: ClientNetworkConfig | None = None
+    extra_push: list[str] = field(default_factory=list)
+
+
+class OpenVPNServerSession:
+    def __init__(
+        self,
+        settings: SessionSettings,
+        tls_context: SSL.Context,
+        wrap: TlsWrap,
+        own_sid: bytes,
+        client_sid: bytes,
+        peer_id: int,
+        now: float,
+        wrap_replay_id: int = 1,
+    ) -> None:
+        self.settings = settings
+        self.tls_context = tls_context
+        self.wrap = wrap
+        self.own_sid = own_sid
+        self.client_sid = client_sid
+        self.peer_id = peer_id
+        self.created_at = now
+        self._wrap_tx_id = wrap_replay_id  # the stateless reset reply used id 1
+        self._wrap_rx = ReplayWindow(64)
+        self._out: list[bytes] = []
+        self._events: deque[ev.Event] = deque()
+        self.keys: list[KeyState | None] = [None] * 8
+        self.rx_keys: list[DataKey | None] = [None] * 8  # data fast path: indexed by key_id
+        self.tx_key: DataKey | None = None
+        self.primary: KeyState | None = None
+        self._last_key_id = 0
+        self._pending = _Pending()
+        self.cipher: str | None = None
+        self.peer_info: dict[str, str] = {}
+        self.closed = False
+        self._close_at: float | None = None
+        self._close_reason = ""
+        # keepalive bookkeeping by counters: the data path never reads the clock
+        self.packets_in = self.packets_out = self.bytes_in = self.bytes_out = 0
+        self._tick_at = now + settings.ping
+        self._seen_in = self._seen_out = 0
+        self._last_rx_progress = now
+        self.drops = 0
+        # key_id 0: the reset exchange already happened (statelessly): our reset is id 0, theirs too
+        ks = self._new_key_state(0, now, first_send_id=1, first_recv_id=1)
+        self.keys[0] = ks
+
+    # ------------------------------------------------------------------ helpers
+    def _new_key_state(self, key_id: int, now: float, first_send_id: int = 0, first_recv_id: int = 0) -> KeyState:
+        ks = KeyState(key_id, TlsEndpoint(self.tls_context), now, self.settings.hand_window,
+                      self.settings.tls_timeout, first_send_id, first_recv_id)
+        return ks
+
+    def _emit(self, event: ev.Event) -> None:
+        self._events.append(event)
+
+    def next_event(self) -> ev.Event | None:
+        return self._events.popleft() if self._events else None
+
+    def datagrams_to_send(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def _send_packet(self, packet: ControlPacket, now: float) -> None:
+        self._wrap_tx_id += 1
+        self._out.append(self.wrap.wrap(packet.header(), packet.body(), self._wrap_tx_id, int(now)))
+
+    # ------------------------------------------------------------------ control channel input
+    def receive_control(self, data: bytes, now: float) -> None:
+        """One control packet from the client; malformed or forged packets are dropped and counted."""
+        if self.closed:
+            return
+        try:
+            opcode, key_id, sid = split_header(data)
+            replay_id, body = self.wrap.unwrap(data)
+            if not self._wrap_rx.check(replay_id):
+                raise WrapError(f"replayed control packet (id {replay_id})")
+            packet = parse_body(opcode, key_id, sid, body)
+        except PacketError as exc:
+            self.drops += 1
+            self._emit(ev.PacketDropped(str(exc)))
+            return
+        if sid != self.client_sid:
+            self.drops += 1
+            self._emit(ev.PacketDropped("control packet with another session id"))
+            return
+        if packet.acks and packet.remote_session_id != self.own_sid:
+            self.drops += 1
+            self._emit(ev.PacketDropped("ACK for another server session"))
+            return
+        self._wrap_rx.update(replay_id)
+        self._last_rx_progress = now
+        ks = self.keys[key_id]
+        if ks is None:
+            if opcode != P_CONTROL_SOFT_RESET_V1:
+                self._emit(ev.PacketDropped(f"packet for unknown key_id {key_id}"))
+                return
+            ks = self._start_renegotiation(key_id, now, by_client=True)
+        for pid in packet.acks:
+            ks.sender.ack(pid)
+        if packet.opcode == P_CONTROL_HARD_RESET_CLIENT_V2:
+            # the client did not see our ACK yet: re-ACK its reset (id 0), nothing else
+            if 0 not in ks.receiver.pending_acks:
+                ks.receiver.pending_acks.append(0)
+        elif packet.packet_id is not None:
+            for op, payload in ks.receiver.receive(packet.opcode, packet.packet_id, packet.payload):
+                if op == P_CONTROL_V1 and payload:
+                    self._tls_input(ks, payload, now)
+        self._flush(now)
+
+    def _start_renegotiation(self, key_id: int, now: float, by_client: bool) -> KeyState:
+        old = self.keys[key_id]
+        if old is not None and old is not self.primary:
+            self.rx_keys[key_id] = None
+        ks = self._new_key_state(key_id, now)
+        self.keys[key_id] = ks
+        self._last_key_id = key_id
+        ks.sender.queue(P_CONTROL_SOFT_RESET_V1, b"")
+        self._emit(ev.RenegotiationStarted(key_id, by_client))
+        return ks
+
+    def _tls_input(self, ks: KeyState, records: bytes, now: float) -> None:
+        plain = ks.tls.receive_records(records)
+        if ks.tls.failed:
+            self._fail_key(ks, f"TLS handshake failed: {ks.tls.failed}", now)
+            return
+        if not plain:
+            return
+        ks.plaintext += plain
+        if ks.phase == "tls":
+            self._key_method_2(ks, bytes(ks.plaintext), now)
+            ks.plaintext.clear()
+            return
+        while b"\0" in ks.plaintext:
+            raw, _, rest = bytes(ks.plaintext).partition(b"\0")
+            ks.plaintext[:] = rest
+            self._control_message(ks, raw.decode("utf-8", "replace"), now)
+
+    def _key_method_2(self, ks: KeyState, message: bytes, now: float) -> None:
+        try:
+            km2 = parse_client_key_method_2(message)
+        except PacketError as exc:
+            self._fail_key(ks, f"bad key-method-2 message: {exc}", now)
+            return
+        ks.km2 = km2
+        ks.phase = "auth"
+        if ks.key_id == 0 or not self.peer_info:
+            self.peer_info = km2.peer_info
+        ks.tls.send(build_server_key_method_2(km2.source, self._options_string()))
+        self._emit(
+            ev.AuthRequest(
+                key_id=ks.key_id,
+                renegotiation=ks is not self.keys[0] or self.primary is not None,
+                username=km2.username,
+                password=km2.password,
+                peer_info=km2.peer_info,
+                peer_chain=ks.tls.peer_chain(),
+                tls_version=ks.tls.version,
+            )
+        )
+
+    def _options_string(self) -> str:
+        proto = "TCPv4_SERVER" if self.settings.tcp else "UDPv4"
+        cipher = self.cipher or self.settings.ciphers[0]
+        return (
+            f"V4,dev-type tun,link-mtu 1559,tun-mtu {self.settings.tun_mtu},proto {proto},cipher {cipher},"
+            "auth [null-digest],keysize 256,key-method 2,tls-server"
+        )
+
+    def _control_message(self, ks: KeyState, message: str, now: float) -> None:
+        if message == "PUSH_REQUEST":
+            ks.push_requested = True
+            self._maybe_push(ks, now)
+        elif message == "EXIT":
+            self._emit(ev.ClientExit("client sent EXIT"))
+            self._close(now, "client exited", linger=False)
+        elif message:
+            self._emit(ev.ControlMessage(ks.key_id, message))
+
+    # ------------------------------------------------------------------ application decisions
+    def authorize(self, key_id: int, network: ClientNetworkConfig | None = None,
+                  extra_push: list[str] | None = None, now: float = 0.0) -> None:
+        """Accept the credentials of key state `key_id`; the first one also gets the tunnel config."""
+        ks = self.keys[key_id]
+        if ks is None or ks.phase != "auth" or self.closed:
+            return
+        ks.phase = "authorized"
+        if self.primary is None:
+            self._pending = _Pending(network, list(extra_push or []))
+            self.cipher = self._choose_cipher(ks.km2)
+            if self.cipher is None:
+                self._deny(ks, "no common data-channel cipher (client offers "
+                           + (ks.km2.peer_info.get("IV_CIPHERS", "none") if ks.km2 else "none") + ")", now)
+                return
+            if ks.km2 is not None and ks.km2.iv_proto & IV_PROTO_REQUEST_PUSH:
+                ks.push_requested = True  # the client accepts an unsolicited reply: save it a round trip
+            self._maybe_push(ks, now)
+        else:
+            self._activate(ks, now)
+        self._flush(now)
+
+    def deny(self, key_id: int, reason: str, now: float) -> None:
+        ks = self.keys[key_id]
+        if ks is None or self.closed:
+            return
+        self._deny(ks, reason, now)
+        self._flush(now)
+
+    def _deny(self, ks: KeyState, reason: str, now: float) -> None:
+        ks.phase = "failed"
+        self._send_message(ks, f"AUTH_FAILED,{reason}" if reason else "AUTH_FAILED")
+        self._emit(ev.AuthFailed(ks.key_id, reason))
+        self._close(now, f"authentication failed: {reason}", linger=True)
+
+    def _choose_cipher(self, km2: ClientKeyMethod2 | None) -> str | None:
+        offered = km2.ciphers if km2 else []
+        if not offered:
+            return None
+        for cipher in self.settings.ciphers:
+            if cipher in offered and cipher in SUPPORTED_CIPHERS:
+                return cipher
+        return None
+
+    def _maybe_push(self, ks: KeyState, now: float) -> None:
+        if ks.key_id != 0 or ks.phase not in ("authorized", "active") or not ks.push_requested:
+            return  # only the initial key state carries the tunnel configuration
+        if ks.push_sent_at is not None and now - ks.push_sent_at < PUSH_REQUEST_DEBOUNCE and ks.phase == "active":
+            return
+        if ks.phase == "authorized":
+            self._activate(ks, now)
+        for message in build_push_replies(self._push_options(ks)):
+            ks.tls.send(message)
+        ks.push_sent_at = now
+
+    def _push_options(self, ks: KeyState) -> list[str]:
+        iv_proto = ks.km2.iv_proto if ks.km2 else 0
+        opts = self._pending.network.options() if self._pending.network else []
+        opts.append(f"ping {self.settings.ping}")
+        opts.append(f"ping-restart {self.settings.ping_restart}")
+        opts += self._pending.extra_push
+        if iv_proto & IV_PROTO_DATA_V2:
+            opts.append(f"peer-id {self.peer_id}")
+        opts.append(f"cipher {self.cipher}")
+        if iv_proto & IV_PROTO_CC_EXIT_NOTIFY:
+            opts.append("protocol-flags cc-exit" + (" tls-ekm" if iv_proto & IV_PROTO_TLS_KEY_EXPORT else ""))
+        elif iv_proto & IV_PROTO_TLS_KEY_EXPORT:
+            opts.append("key-derivation tls-ekm")
+        if "IV_MTU" in self.peer_info:
+            opts.append(f"tun-mtu {self.settings.tun_mtu}")
+        return opts
+
+    def _activate(self, ks: KeyState, now: float) -> None:
+        """Derive data keys for `ks` and make it the primary key (the previous one becomes lame duck)."""
+        assert ks.km2 is not None and self.cipher is not None
+        iv_proto = self.keys[0].km2.iv_proto if self.keys[0] and self.keys[0].km2 else ks.km2.iv_proto
+        if iv_proto & IV_PROTO_TLS_KEY_EXPORT:
+            key2 = Key2(ks.tls.export_keying_material(EKM_LABEL, 256))
+        else:
+            key2 = ks.km2.source.legacy_key2(self.client_sid, self.own_sid)
+        ks.data_key = DataKey(self.cipher, key2, ks.key_id, self.peer_id, data_v2=bool(iv_proto & IV_PROTO_DATA_V2))
+        ks.phase = "active"
+        ks.activated_at = now
+        previous = self.primary
+        self.primary = ks
+        self.rx_keys[ks.key_id] = ks.data_key
+        self.tx_key = ks.data_key
+        if previous is None:
+            self._emit(ev.Established(ks.key_id, self.cipher, ks.tls.version))
+        else:
+            previous.deadline = now + self.settings.transition_window  # lame duck until then
+            self._emit(ev.Renegotiated(ks.key_id))
+
+    # ------------------------------------------------------------------ data fast path
+    def decrypt(self, packet: bytes) -> bytes | None:
+        """Decrypt a data packet; returns an IP packet for the TUN, or None (dropped / keepalive)."""
+        key = self.rx_keys[packet[0] & 7]
+        if key is None:
+            self.drops += 1
+            return None
+        plain = key.decrypt(packet)
+        if plain is None:
+            self.drops += 1
+            return None
+        self.packets_in += 1
+        if len(plain) == 16 and is_keepalive(plain):
+            return None
+        if len(plain) == 17 and is_occ_exit(plain):
+            self._emit(ev.ClientExit("client sent explicit-exit-notify"))
+            self._close_at = 0.0  # handled at the next timer
+            self._close_reason = "client exited"
+            return None
+        self.bytes_in += len(plain)
+        return plain
+
+    def encrypt(self, ip_packet: bytes) -> bytes | None:
+        key = self.tx_key
+        if key is None:
+            return None
+        self.packets_out += 1
+        self.bytes_out += len(ip_packet)
+        return key.encrypt(ip_packet)
+
+    # ------------------------------------------------------------------ timers and shutdown
+    def timer(self) -> float | None:
+        if self.closed:
+            return None
+        deadlines = [self._tick_at]
+        if self._close_at is not None:
+            deadlines.append(self._close_at)
+        for ks in self.keys:
+            if ks is None:
+                continue
+            d = ks.sender.next_deadline()
+            if d is not None:
+                deadlines.append(d)
+            if ks.phase != "active" or ks is not self.primary:
+                deadlines.append(ks.deadline)
+        if self.primary is not None and self.settings.reneg_sec:
+            deadlines.append(self.primary.activated_at + self.settings.reneg_sec)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        if self.closed:
+            return
+        if self._close_at is not None and now >= self._close_at:
+            self._close(now, self._close_reason, linger=False)
+            return
+        for ks in self.keys:
+            if ks is None:
+                continue
+            if now >= ks.deadline and (ks.phase != "active" or ks is not self.primary):
+                if ks is self.keys[0] and self.primary is None:
+                    self._close(now, "TLS handshake or authentication did not finish within hand-window", linger=False)
+                    return
+                self._retire(ks)
+        if now >= self._tick_at:
+            self._keepalive_tick(now)
+            if self.closed:
+                return
+        if (
+            self.primary is not None
+            and self.settings.reneg_sec
+            and now >= self.primary.activated_at + self.settings.reneg_sec
+            and not self._renegotiating()
+        ) or (self.tx_key is not None and self.tx_key.needs_renegotiation and not self._renegotiating()):
+            key_id = self._last_key_id % 7 + 1  # 1..7, never back to 0
+            self._start_renegotiation(key_id, now, by_client=False)
+        self._flush(now)
+
+    def _renegotiating(self) -> bool:
+        return any(ks is not None and ks is not self.primary and ks.phase != "failed" and ks.data_key is None
+                   for ks in self.keys)
+
+    def _retire(self, ks: KeyState) -> None:
+        if self.rx_keys[ks.key_id] is ks.data_key:
+            self.rx_keys[ks.key_id] = None
+        self.keys[ks.key_id] = None
+
+    def _keepalive_tick(self, now: float) -> None:
+        self._tick_at = now + self.settings.ping
+        if self.packets_in != self._seen_in:
+            self._seen_in = self.packets_in
+            self._last_rx_progress = now
+        elif now - self._last_rx_progress >= 2 * self.settings.ping_restart and self.primary is not None:
+            self._close(now, f"no traffic for {2 * self.settings.ping_restart} s (ping-restart)", linger=False)
+            return
+        if self.packets_out == self._seen_out and self.tx_key is not None:
+            self._out.append(self.tx_key.encrypt(KEEPALIVE_PING))
+            self.packets_out += 1
+        self._seen_out = self.packets_out
+
+    def disconnect(self, now: float, message: str = "RESTART") -> None:
+        """Tell the client to go (`RESTART` = reconnect, `HALT` = exit, `AUTH_FAILED,…`) and close."""
+        if self.closed:
+            return
+        ks = self.primary or self.keys[0]
+        if ks is not None and ks.tls.established:
+            self._send_message(ks, message)
+            self._flush(now)
+        self._close(now, f"disconnected ({message})", linger=True)
+
+    def close(self, now: float, reason: str) -> None:
+        """End at once, without telling the client."""
+        self._close(now, reason, linger=False)
+
+    def _send_message(self, ks: KeyState, message: str) -> None:
+        try:
+            ks.tls.send(message.encode() + b"\0")
+        except SSL.Error:
+            pass
+
+    def _fail_key(self, ks: KeyState, reason: str, now: float) -> None:
+        ks.phase = "failed"
+        self._emit(ev.HandshakeFailed(ks.key_id, reason))
+        if self.primary is None or ks is self.primary:
+            self._close(now, reason, linger=True)
+        else:
+            self._retire(ks)
+
+    def _close(self, now: float, reason: str, linger: bool) -> None:
+        if self.closed:
+            return
+        if linger:
+            if self._close_at is None:
+                self._close_at = now + CLOSE_LINGER
+                self._close_reason = reason
+            return
+        self.closed = True
+        self.tx_key = None
+        self.rx_keys = [None] * 8
+        self._emit(ev.SessionClosed(reason or self._close_reason))
+
+    # ------------------------------------------------------------------ output
+    def _flush(self, now: float) -> None:
+        for ks in self.keys:
+            if ks is None:
+                continue
+            records = ks.tls.records_to_send()
+            for i in range(0, len(records), TLS_PAYLOAD_CHUNK):
+                ks.sender.queue(P_CONTROL_V1, records[i : i + TLS_PAYLOAD_CHUNK])
+            for opcode, pid, payload in ks.sender.to_send(now):
+                acks = ks.receiver.take_acks(MAX_ACKS_PIGGYBACK)
+                self._send_packet(
+                    ControlPacket(opcode, ks.key_id, self.own_sid, acks, self.client_sid if acks else None, pid, payload),
+                    now,
+                )
+            while ks.receiver.pending_acks:
+                acks = ks.receiver.take_acks(MAX_ACKS_STANDALONE)
+                self._send_packet(ControlPacket(P_ACK_V1, ks.key_id, self.own_sid, acks, self.client_sid), now)
+
+
+def new_session_id() -> bytes:
+    return os.urandom(8)
+
+
+def server_reset_packet(own_sid: bytes, client_sid: bytes, key_id: int = 0) -> ControlPacket:
+    """P_CONTROL_HARD_RESET_SERVER_V2 acknowledging the client's reset (message id 0 both ways)."""
+    return ControlPacket(P_CONTROL_HARD_RESET_SERVER_V2, key_id, own_sid, [0], client_sid, 0, b"")
+
+
+def peer_certificate(event: ev.AuthRequest) -> x509.Certificate | None:
+    return event.peer_chain[0] if event.peer_chain else None
+
+
+__all__ = [
+    "OpenVPNServerSession",
+    "SessionSettings",
+    "server_reset_packet",
+    "new_session_id",
+    "peer_certificate",
+    "IV_PROTO_AUTH_PENDING_KW",
+]

@@ -1,0 +1,146 @@
+"""TLS over OpenVPN's reliable transport, through OpenSSL memory BIOs (pyOpenSSL).
+
+CPython's ssl module has no keying-material exporter, which TLS-EKM key derivation needs;
+pyOpenSSL wraps SSL_export_keying_material. No sockets here: bytes in, bytes out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from OpenSSL import SSL, crypto
+
+READ_CHUNK = 16384
+
+
+@dataclass(slots=True)
+class VerifyResult:
+    """First certificate-chain error OpenSSL reported (None = chain verified)."""
+
+    error: str | None = None
+    depth: int = 0
+    subject: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+def build_server_context(
+    server_cert: x509.Certificate,
+    server_key: PrivateKeyTypes,
+    chain: list[x509.Certificate],
+    trusted_roots: list[x509.Certificate],
+) -> SSL.Context:
+    """TLS ≥ 1.2 server context that requires a client certificate chaining to one of `trusted_roots`."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.use_certificate(crypto.X509.from_cryptography(server_cert))
+    ctx.use_privatekey(crypto.PKey.from_cryptography_key(server_key))
+    for extra in chain:
+        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+    store = ctx.get_cert_store()
+    assert store is not None
+    for root in trusted_roots:
+        store.add_cert(crypto.X509.from_cryptography(root))
+
+    def verify(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
+        result: VerifyResult = conn.get_app_data()
+        if not ok:
+            text = _verify_error_string(errnum)
+            result.errors.append(text)
+            if result.error is None:
+                result.error, result.depth = text, depth
+                result.subject = cert.get_subject().CN or ""
+        return bool(ok)
+
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+    return ctx
+
+
+def _verify_error_string(errnum: int) -> str:
+    from OpenSSL._util import ffi, lib  # pyOpenSSL's own binding of X509_verify_cert_error_string
+
+    return ffi.string(lib.X509_verify_cert_error_string(errnum)).decode()
+
+
+class TlsEndpoint:
+    """Server side of one TLS session (one per OpenVPN key state)."""
+
+    def __init__(self, context: SSL.Context) -> None:
+        self.verify = VerifyResult()
+        self._conn = SSL.Connection(context, None)
+        self._conn.set_app_data(self.verify)
+        self._conn.set_accept_state()
+        self.established = False
+        self.failed: str | None = None
+
+    def receive_records(self, data: bytes) -> bytes:
+        """Feed TLS records from the peer; return application plaintext now available."""
+        self._conn.bio_write(data)
+        if not self.established:
+            try:
+                self._conn.do_handshake()
+                self.established = True
+            except SSL.WantReadError:
+                return b""
+            except SSL.Error as exc:
+                self.failed = self.verify.error or _ssl_error_text(exc)
+                return b""
+        out = bytearray()
+        while True:
+            try:
+                chunk = self._conn.recv(READ_CHUNK)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                break
+            except SSL.Error as exc:
+                self.failed = _ssl_error_text(exc)
+                break
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
+    def send(self, plaintext: bytes) -> None:
+        self._conn.sendall(plaintext)
+
+    def records_to_send(self) -> bytes:
+        out = bytearray()
+        while True:
+            try:
+                chunk = self._conn.bio_read(READ_CHUNK)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes:
+        return self._conn.export_keying_material(label, length)
+
+    def peer_chain(self) -> list[x509.Certificate]:
+        """Leaf first (server-side OpenSSL leaves the leaf out of the peer chain)."""
+        leaf = self._conn.get_peer_certificate(as_cryptography=True)
+        if leaf is None:
+            return []
+        rest = self._conn.get_peer_cert_chain(as_cryptography=True) or []
+        return [leaf] + [c for c in rest if c != leaf]
+
+    @property
+    def version(self) -> str:
+        return self._conn.get_protocol_version_name()
+
+    @property
+    def cipher(self) -> str:
+        return self._conn.get_cipher_name() or ""
+
+
+def _ssl_error_text(exc: SSL.Error) -> str:
+    try:
+        return "; ".join(str(part[2]) for part in exc.args[0]) or "TLS error"
+    except (IndexError, TypeError):
+        return str(exc) or "TLS error"

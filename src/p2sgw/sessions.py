@@ -1,0 +1,78 @@
+"""The one session model shared by every protocol, and the registry of live sessions.
+
+A protocol front-end creates a `Session` once the user is authenticated and an address is
+leased; management (CLI, control socket, later REST/metrics) only ever sees this model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Tunnel(Protocol):
+    """What a protocol front-end offers the session model for one client."""
+
+    bytes_in: int
+    bytes_out: int
+
+    def disconnect(self, message: str) -> None: ...
+
+
+@dataclass(eq=False)
+class Session:
+    protocol: str  # "openvpn-udp", "openvpn-tcp", later "sstp", "ikev2"
+    identity: str
+    auth_method: str
+    remote: str
+    tunnel: Tunnel
+    virtual_ip: ipaddress.IPv4Address | None = None
+    policy_group: str = "default"
+    cert_thumbprint: str | None = None
+    id: str = ""
+    connected_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            prefix = "OVPN" if self.protocol.startswith("openvpn") else self.protocol.upper()
+            self.id = f"{prefix}_{uuid.uuid4()}"
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "identity": self.identity,
+            "protocol": self.protocol,
+            "virtual_ip": str(self.virtual_ip) if self.virtual_ip else None,
+            "remote": self.remote,
+            "connected_at": self.connected_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "bytes_in": self.tunnel.bytes_in,
+            "bytes_out": self.tunnel.bytes_out,
+            "auth_method": self.auth_method,
+            "policy_group": self.policy_group,
+        }
+
+
+class SessionRegistry:
+    def __init__(self) -> None:
+        self._by_id: dict[str, Session] = {}
+
+    def add(self, session: Session) -> None:
+        self._by_id[session.id] = session
+
+    def remove(self, session: Session) -> None:
+        self._by_id.pop(session.id, None)
+
+    def get(self, session_id: str) -> Session | None:
+        return self._by_id.get(session_id)
+
+    def __iter__(self):
+        return iter(list(self._by_id.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def by_identity(self, identity: str) -> list[Session]:
+        return [s for s in self._by_id.values() if s.identity == identity]

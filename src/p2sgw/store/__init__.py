@@ -1,0 +1,6 @@
+"""Persistent state (SQLite by default, PostgreSQL via `database_url`)."""
+
+from p2sgw.store.db import Store
+from p2sgw.store.models import ClientRecord, LeaseRecord
+
+__all__ = ["ClientRecord", "LeaseRecord", "Store"]
