@@ -31,8 +31,8 @@ class _Model(BaseModel):
 class OpenVPNSettings(_Model):
     enabled: bool = True
     listen: str = "0.0.0.0"
-    udp_port: int | None = 1194
-    tcp_port: int | None = 443
+    udp_port: int = Field(1194, ge=0, le=65535)  # 0 = disabled
+    tcp_port: int = Field(443, ge=0, le=65535)  # 0 = disabled
     tls_wrap: Literal["tls-crypt", "tls-auth"] = "tls-crypt"
     # Server preference order; the first one the client lists in IV_CIPHERS wins.
     ciphers: list[Cipher] = ["AES-256-GCM", "CHACHA20-POLY1305", "AES-128-GCM"]

@@ -95,12 +95,22 @@ class Gateway:
         key = serialization.load_pem_private_key(self.pki.server_key_path.read_bytes(), None)
         return build_server_context(cert, key, [self.pki.ca_certificate()], self._trusted_roots())
 
-    async def start(self) -> None:
+    def open_tun(self) -> None:
+        """Netlink set-up runs before the event loop starts (pyroute2 cannot run inside it)."""
         ovpn = self.config.openvpn
         gateway_ifaces = [
             ipaddress.ip_interface(f"{net.network_address + 1}/{net.prefixlen}") for net in self.pool.networks
         ]
         self.tun = TunDevice(ovpn.tun_name, ovpn.tun_mtu, gateway_ifaces)
+
+    def close_tun(self) -> None:
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+
+    async def start(self) -> None:
+        ovpn = self.config.openvpn
+        assert self.tun is not None, "open_tun() first"
         self.loop.add_reader(self.tun.fds[0], self._tun_readable)
         if not ip_forwarding_enabled():
             warn("ip_forward.disabled", hint="sysctl -w net.ipv4.ip_forward=1 so tunnels reach the VNet")
@@ -114,7 +124,7 @@ class Gateway:
             )
             log("listen", protocol="openvpn-tcp", address=f"{ovpn.listen}:{ovpn.tcp_port}")
         self.control_server = await start_control_server(self.state_dir / "control.sock", self.handle_control)
-        self.loop.create_task(self._watch_config())
+        self._watcher = self.loop.create_task(self._watch_config())
         log("gateway.ready", public_address=self.config.public_address,
             pools=",".join(self.config.vpn_client_address_pool), tun=ovpn.tun_name)
 
@@ -248,7 +258,7 @@ class Gateway:
         (self.state_dir / "control.sock").unlink(missing_ok=True)
         if self.tun is not None:
             self.loop.remove_reader(self.tun.fds[0])
-            self.tun.close()
+        self._watcher.cancel()
         self.timers.close()
         self.store.close()
         log("gateway.stopped")
@@ -264,12 +274,16 @@ def run_gateway(state_dir: Path) -> int:
     except ImportError:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    gateway = None
     try:
         gateway = Gateway(state_dir, loop)
+        gateway.open_tun()
         loop.run_until_complete(gateway.run())
     except OSError as exc:
         warn("gateway.failed", error=str(exc))
         return 1
     finally:
+        if gateway is not None:
+            gateway.close_tun()
         loop.close()
     return 0

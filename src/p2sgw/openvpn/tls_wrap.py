@@ -57,9 +57,9 @@ class TlsCrypt:
 
 
 class TlsAuth:
-    """HMAC-authenticated control packets (`--tls-auth`, digest of `--auth`, default SHA256 here)."""
+    """HMAC-authenticated control packets (`--tls-auth`, digest of `--auth`: SHA1 unless the profile says)."""
 
-    def __init__(self, key: Key2, digest: str = "sha256", server: bool = True) -> None:
+    def __init__(self, key: Key2, digest: str = "sha1", server: bool = True) -> None:
         self._digest = digest
         size = {"sha1": 20, "sha256": 32, "sha512": 64}[digest]
         self.hmac_size = size

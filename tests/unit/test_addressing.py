@@ -1,0 +1,121 @@
+"""Sticky leases: the same identity gets the same address back, across reconnects and restarts."""
+
+import ipaddress
+
+import pytest
+
+from p2sgw.addressing import AddressPool, parse_pool_networks
+from p2sgw.store import Store
+
+IP = ipaddress.IPv4Address
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(f"sqlite:///{tmp_path / 'p2sgw.db'}") as store:
+        yield store
+
+
+def test_first_addresses_skip_network_and_gateway(store):
+    pool = AddressPool(["172.16.201.0/24"], store)
+    assert pool.lease("alice") == IP("172.16.201.2")
+    assert pool.lease("bob") == IP("172.16.201.3")
+    assert pool.gateway_address_for("172.16.201.3") == IP("172.16.201.1")
+    assert pool.netmask_for("172.16.201.3") == IP("255.255.255.0")
+
+
+def test_sticky_after_release(store):
+    pool = AddressPool(["10.8.0.0/24"], store)
+    alice = pool.lease("alice")
+    bob = pool.lease("bob")
+    pool.release(alice)
+    assert pool.lease("carol") not in (alice, bob)  # alice's address stays hers while others are free
+    assert pool.lease("alice") == alice
+
+
+def test_concurrent_session_of_same_identity_gets_another_address(store):
+    pool = AddressPool(["10.8.0.0/24"], store)
+    first = pool.lease("alice")
+    second = pool.lease("alice")
+    assert second != first
+    pool.release(second)
+    pool.release(first)
+    assert pool.lease("alice") == first
+
+
+def test_restart_keeps_mapping(store):
+    pool = AddressPool(["10.8.0.0/24"], store)
+    addresses = {name: pool.lease(name) for name in ("alice", "bob", "carol")}
+    restarted = AddressPool(["10.8.0.0/24"], store)
+    assert restarted.lease("carol") == addresses["carol"]
+    assert restarted.lease("dave") not in addresses.values()
+    assert restarted.lease("alice") == addresses["alice"]
+
+
+def test_exhaustion_returns_none_then_recovers(store):
+    pool = AddressPool(["10.8.0.0/30"], store)  # .0 network, .1 gateway, .2 client, .3 broadcast
+    assert pool.lease("alice") == IP("10.8.0.2")
+    assert pool.lease("bob") is None
+    pool.release("10.8.0.2")
+    assert pool.lease("bob") == IP("10.8.0.2")  # alice's idle address is reused rather than refusing bob
+    assert pool.lease("alice") is None
+    pool.release("10.8.0.2")
+    assert pool.lease("alice") == IP("10.8.0.2")
+
+
+def test_least_recently_used_idle_address_is_reused_first(store):
+    pool = AddressPool(["10.8.0.0/29"], store)  # clients .2 to .6
+    leased = {name: pool.lease(name) for name in "abcde"}
+    for name in "cadbe":
+        pool.release(leased[name])
+    assert pool.lease("new") == leased["c"]
+    assert pool.lease("a") == leased["a"]  # still sticky
+    assert pool.lease("c") == leased["d"]  # c lost its address: the next least recently used
+
+
+def test_multiple_networks_and_returned_addresses(store):
+    pool = AddressPool(["10.9.0.0/30", "10.8.0.0/30"], store)
+    assert pool.lease("a") == IP("10.8.0.2")
+    assert pool.lease("b") == IP("10.9.0.2")
+    assert pool.gateway_address_for("10.9.0.2") == IP("10.9.0.1")
+    extra = pool.lease("a")  # a second session of "a" is not persisted
+    assert extra is None
+    with pytest.raises(ValueError, match="not in any address pool"):
+        pool.netmask_for("192.0.2.1")
+
+
+def test_never_hands_out_a_live_address(store):
+    pool = AddressPool(["10.8.0.0/28"], store)  # 13 client addresses
+    live = set()
+    for round_ in range(5):
+        for i in range(13):
+            address = pool.lease(f"user{(i * 7 + round_) % 20}")
+            assert address is not None and address not in live
+            live.add(address)
+        assert pool.lease("one-too-many") is None
+        for address in list(live)[::2]:
+            pool.release(address)
+            live.discard(address)
+        for address in list(live):
+            pool.release(address)
+            live.discard(address)
+
+
+def test_large_pool_is_fast(store):
+    pool = AddressPool(["10.0.0.0/8"], store)
+    assert pool.lease("alice") == IP("10.0.0.2")
+    assert pool.lease("bob") == IP("10.0.0.3")
+
+
+@pytest.mark.parametrize(
+    ("networks", "message"),
+    [
+        (["10.0.0.0/31"], "too small"),
+        (["fd00::/64"], "IPv4"),
+        (["10.0.0.0/16", "10.0.1.0/24"], "overlap"),
+        ([], "at least"),
+    ],
+)
+def test_invalid_pools_refused(networks, message):
+    with pytest.raises(ValueError, match=message):
+        parse_pool_networks(networks)
