@@ -49,11 +49,13 @@ class TimerHeap:
         self._handle = None
         self._armed_for = None
         now = time.time()
+        due = []
         while self._heap and self._heap[0][0] <= now:
             when, _, owner = heapq.heappop(self._heap)
-            if self._due.get(id(owner)) != when:
-                continue  # rescheduled or cancelled since
-            del self._due[id(owner)]
+            if self._due.get(id(owner)) == when:  # else rescheduled or cancelled since
+                del self._due[id(owner)]
+                due.append(owner)
+        for owner in due:  # an owner that re-arms in the past runs again next round, not in a loop
             self._fire(owner, now)
         while self._heap and self._due.get(id(self._heap[0][2])) != self._heap[0][0]:
             heapq.heappop(self._heap)

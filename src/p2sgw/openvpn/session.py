@@ -415,7 +415,7 @@ class OpenVPNServerSession:
                 deadlines.append(d)
             if ks.phase != "active" or ks is not self.primary:
                 deadlines.append(ks.deadline)
-        if self.primary is not None and self.settings.reneg_sec:
+        if self.primary is not None and self.settings.reneg_sec and not self._renegotiating():
             deadlines.append(self.primary.activated_at + self.settings.reneg_sec)
         return min(deadlines)
 
