@@ -81,7 +81,9 @@ class OpenVPNTcpConnection(asyncio.Protocol):
         op = packet[0] >> 3
         if op == P_DATA_V2 or op == P_DATA_V1:
             plain = peer.core.decrypt(packet)
-            if plain is None:
+            if not plain:
+                if plain is None:
+                    self.gw.drops.drop(peer.core.last_drop, remote=f"{self.addr[0]}:{self.addr[1]}")
                 return
             if plain[12:16] != peer.vip_bytes:
                 self.gw.drops.drop("source address not assigned to this client")

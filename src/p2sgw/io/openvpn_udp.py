@@ -82,8 +82,10 @@ class OpenVPNUdpEndpoint:
                     self.gw.drops.drop("data packet for unknown peer", remote=addr[0])
                     continue
                 plain = peer.core.decrypt(data)
-                if plain is None:
-                    continue  # forged, replayed, keepalive or exit: counted by the core
+                if not plain:
+                    if plain is None:
+                        self.gw.drops.drop(peer.core.last_drop, remote=f"{addr[0]}:{addr[1]}")
+                    continue
                 if addr != peer.addr:
                     self._float(peer, addr)
                 if plain[12:16] != peer.vip_bytes:

@@ -35,7 +35,10 @@ _unpack_id = struct.Struct("!I").unpack_from
 class DataKey:
     """One direction pair of data-channel keys for one key_id, server side."""
 
-    __slots__ = ("cipher", "key_id", "peer_id", "_tx", "_rx", "_tx_iv", "_rx_iv", "_header", "tx_packet_id", "replay")
+    __slots__ = (
+        "cipher", "key_id", "peer_id", "_tx", "_rx", "_tx_iv", "_rx_iv", "_header", "tx_packet_id", "replay",
+        "last_error",
+    )
 
     def __init__(
         self, cipher: str, key2: Key2, key_id: int, peer_id: int, server: bool = True, data_v2: bool = True
@@ -56,6 +59,7 @@ class DataKey:
             self._header = bytes([op_byte(P_DATA_V1, key_id)])
         self.tx_packet_id = 0
         self.replay = ReplayWindow(64)
+        self.last_error = ""  # why the last decrypt() returned None (set on the failure path only)
 
     @property
     def needs_renegotiation(self) -> bool:
@@ -73,9 +77,11 @@ class DataKey:
         """Plaintext, or None for a forged, corrupt or replayed packet (caller counts the drop)."""
         hdr = 4 if packet[0] >> 3 == P_DATA_V2 else 1
         if len(packet) < hdr + 4 + TAG_SIZE:
+            self.last_error = "truncated data packet"
             return None
         (pid,) = _unpack_id(packet, hdr)
         if not self.replay.check(pid):
+            self.last_error = "replayed or too old data packet"
             return None
         aad_end = hdr + 4
         tag_end = aad_end + TAG_SIZE
@@ -86,6 +92,7 @@ class DataKey:
                 packet[:aad_end] if hdr == 4 else packet[hdr:aad_end],
             )
         except InvalidTag:
+            self.last_error = "data packet failed authentication"
             return None
         self.replay.update(pid)
         return plain

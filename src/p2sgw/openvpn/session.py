@@ -141,6 +141,7 @@ class OpenVPNServerSession:
         self._seen_in = self._seen_out = 0
         self._last_rx_progress = now
         self.drops = 0
+        self.last_drop = ""
         # key_id 0: the reset exchange already happened (statelessly): our reset is id 0, theirs too
         ks = self._new_key_state(0, now, first_send_id=1, first_recv_id=1)
         self.keys[0] = ks
@@ -372,23 +373,27 @@ class OpenVPNServerSession:
 
     # ------------------------------------------------------------------ data fast path
     def decrypt(self, packet: bytes) -> bytes | None:
-        """Decrypt a data packet; returns an IP packet for the TUN, or None (dropped / keepalive)."""
+        """Decrypt a data packet: an IP packet for the TUN, b"" when consumed here (keepalive,
+        exit notification), None when dropped (`last_drop` says why)."""
         key = self.rx_keys[packet[0] & 7]
         if key is None:
             self.drops += 1
+            self.last_drop = f"data packet for inactive key_id {packet[0] & 7}"
             return None
         plain = key.decrypt(packet)
         if plain is None:
             self.drops += 1
+            self.last_drop = key.last_error
             return None
         self.packets_in += 1
-        if len(plain) == 16 and is_keepalive(plain):
-            return None
-        if len(plain) == 17 and is_occ_exit(plain):
-            self._emit(ev.ClientExit("client sent explicit-exit-notify"))
-            self._close_at = 0.0  # handled at the next timer
-            self._close_reason = "client exited"
-            return None
+        if len(plain) <= 17:
+            if is_keepalive(plain):
+                return b""
+            if is_occ_exit(plain):
+                self._emit(ev.ClientExit("client sent explicit-exit-notify"))
+                self._close_at = 0.0  # handled at the next timer
+                self._close_reason = "client exited"
+                return b""
         self.bytes_in += len(plain)
         return plain
 
