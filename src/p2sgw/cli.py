@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from click.exceptions import ClickException
 from pydantic import ValidationError
 from rich.console import Console
 from rich.filesize import decimal as human_bytes
@@ -96,7 +95,7 @@ def _friendly(command):
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, ClickException):
+        except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
