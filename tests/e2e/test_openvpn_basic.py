@@ -34,3 +34,19 @@ def test_client_reaches_vnet(make_lab, proto):
                       "bytes_out", "auth_method"}
     client.stop()
     wait_until(lambda: gw.sessions() == [], 10, what="session removed after the client exits")
+
+
+def test_tls_auth_profile_and_chacha20(make_lab):
+    """tls-auth (key-direction 1, the cloud gateway's profile style) and a client that only offers ChaCha20."""
+    lab = make_lab(1)
+    gw = init_gateway(lab)
+    gw.edit_config(openvpn__tls_wrap="tls-auth")
+    profile = gw.issue("alice")
+    assert "<tls-auth>" in profile.read_text() and "key-direction 1" in profile.read_text()
+    gw.start()
+    client = lab.start_openvpn_client(lab.clients[0], single_transport_profile(profile, "udp"),
+                                      extra_args=("--data-ciphers", "CHACHA20-POLY1305"))
+    client.wait_connected(timeout=30)
+    assert lab.ping(lab.clients[0], lab.vnet_ip, count=3)
+    assert "cipher=CHACHA20-POLY1305" in gw.log_text()
+    assert "Data Channel: cipher 'CHACHA20-POLY1305'" in client.log_text()
