@@ -15,14 +15,12 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 
-from cryptography import x509
 from OpenSSL import SSL
 
 from . import events as ev
 from .data_channel import SUPPORTED_CIPHERS, DataKey, KEEPALIVE_PING, is_keepalive, is_occ_exit
 from .keys import (
     EKM_LABEL,
-    IV_PROTO_AUTH_PENDING_KW,
     IV_PROTO_CC_EXIT_NOTIFY,
     IV_PROTO_DATA_V2,
     IV_PROTO_REQUEST_PUSH,
@@ -132,6 +130,7 @@ class OpenVPNServerSession:
         self._pending = _Pending()
         self.cipher: str | None = None
         self.peer_info: dict[str, str] = {}
+        self._iv_proto = 0  # the client's IV_PROTO from the initial key-method-2: fixes key derivation
         self.closed = False
         self._close_at: float | None = None
         self._close_reason = ""
@@ -192,11 +191,12 @@ class OpenVPNServerSession:
         self._wrap_rx.update(replay_id)
         self._last_rx_progress = now
         ks = self.keys[key_id]
-        if ks is None:
-            if opcode != P_CONTROL_SOFT_RESET_V1:
-                self._emit(ev.PacketDropped(f"packet for unknown key_id {key_id}"))
-                return
+        if opcode == P_CONTROL_SOFT_RESET_V1 and (ks is None or (ks.data_key is not None and ks is not self.primary)):
+            # a new renegotiation (key ids cycle 1..7, so the slot may hold an old lame-duck key)
             ks = self._start_renegotiation(key_id, now, by_client=True)
+        elif ks is None:
+            self._emit(ev.PacketDropped(f"packet for unknown key_id {key_id}"))
+            return
         for pid in packet.acks:
             ks.sender.ack(pid)
         if packet.opcode == P_CONTROL_HARD_RESET_CLIENT_V2:
@@ -245,9 +245,15 @@ class OpenVPNServerSession:
             return
         ks.km2 = km2
         ks.phase = "auth"
-        if ks.key_id == 0 or not self.peer_info:
+        if self.primary is None:
             self.peer_info = km2.peer_info
+            self._iv_proto = km2.iv_proto
         ks.tls.send(build_server_key_method_2(km2.source, self._options_string()))
+        if self.primary is not None:
+            # renegotiation: the client switches to the new key as soon as it has our reply, so
+            # decrypt with it from now on; it becomes our sending key once re-authorized
+            ks.data_key = self._derive_data_key(ks)
+            self.rx_keys[ks.key_id] = ks.data_key
         self._emit(
             ev.AuthRequest(
                 key_id=ks.key_id,
@@ -352,13 +358,8 @@ class OpenVPNServerSession:
 
     def _activate(self, ks: KeyState, now: float) -> None:
         """Derive data keys for `ks` and make it the primary key (the previous one becomes lame duck)."""
-        assert ks.km2 is not None and self.cipher is not None
-        iv_proto = self.keys[0].km2.iv_proto if self.keys[0] and self.keys[0].km2 else ks.km2.iv_proto
-        if iv_proto & IV_PROTO_TLS_KEY_EXPORT:
-            key2 = Key2(ks.tls.export_keying_material(EKM_LABEL, 256))
-        else:
-            key2 = ks.km2.source.legacy_key2(self.client_sid, self.own_sid)
-        ks.data_key = DataKey(self.cipher, key2, ks.key_id, self.peer_id, data_v2=bool(iv_proto & IV_PROTO_DATA_V2))
+        if ks.data_key is None:
+            ks.data_key = self._derive_data_key(ks)
         ks.phase = "active"
         ks.activated_at = now
         previous = self.primary
@@ -370,6 +371,16 @@ class OpenVPNServerSession:
         else:
             previous.deadline = now + self.settings.transition_window  # lame duck until then
             self._emit(ev.Renegotiated(ks.key_id))
+
+    def _derive_data_key(self, ks: KeyState) -> DataKey:
+        """TLS-EKM if the client announced it at the start (what we pushed applies to every key), else the PRF."""
+        assert ks.km2 is not None and self.cipher is not None
+        iv_proto = self._iv_proto
+        if iv_proto & IV_PROTO_TLS_KEY_EXPORT:
+            key2 = Key2(ks.tls.export_keying_material(EKM_LABEL, 256))
+        else:
+            key2 = ks.km2.source.legacy_key2(self.client_sid, self.own_sid)
+        return DataKey(self.cipher, key2, ks.key_id, self.peer_id, data_v2=bool(iv_proto & IV_PROTO_DATA_V2))
 
     # ------------------------------------------------------------------ data fast path
     def decrypt(self, packet: bytes) -> bytes | None:
@@ -541,17 +552,3 @@ def new_session_id() -> bytes:
 def server_reset_packet(own_sid: bytes, client_sid: bytes, key_id: int = 0) -> ControlPacket:
     """P_CONTROL_HARD_RESET_SERVER_V2 acknowledging the client's reset (message id 0 both ways)."""
     return ControlPacket(P_CONTROL_HARD_RESET_SERVER_V2, key_id, own_sid, [0], client_sid, 0, b"")
-
-
-def peer_certificate(event: ev.AuthRequest) -> x509.Certificate | None:
-    return event.peer_chain[0] if event.peer_chain else None
-
-
-__all__ = [
-    "OpenVPNServerSession",
-    "SessionSettings",
-    "server_reset_packet",
-    "new_session_id",
-    "peer_certificate",
-    "IV_PROTO_AUTH_PENDING_KW",
-]
