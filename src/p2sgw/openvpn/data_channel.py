@@ -75,6 +75,9 @@ class DataKey:
 
     def decrypt(self, packet: bytes) -> bytes | None:
         """Plaintext, or None for a forged, corrupt or replayed packet (caller counts the drop)."""
+        if len(packet) < 1 + 4 + TAG_SIZE:
+            self.last_error = "truncated data packet"
+            return None
         hdr = 4 if packet[0] >> 3 == P_DATA_V2 else 1
         if len(packet) < hdr + 4 + TAG_SIZE:
             self.last_error = "truncated data packet"

@@ -70,8 +70,9 @@ class ClientKeyMethod2:
     source: KeySource
     options: str
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     peer_info: dict[str, str]
+    length: int = 0  # bytes of the message consumed; control messages may follow in the same read
 
     @property
     def iv_proto(self) -> int:
@@ -128,7 +129,9 @@ def parse_client_key_method_2(data: bytes) -> ClientKeyMethod2:
         key, sep, value = line.partition("=")
         if sep:
             peer_info[key.strip()] = value.strip()
-    return ClientKeyMethod2(KeySource(pre_master, r1, r2), options or "", username, password, peer_info)
+    km2 = ClientKeyMethod2(KeySource(pre_master, r1, r2), options or "", username, password, peer_info)
+    km2.length = pos
+    return km2
 
 
 def _write_string(text: str | None) -> bytes:

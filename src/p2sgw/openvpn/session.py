@@ -191,6 +191,9 @@ class OpenVPNServerSession:
         self._wrap_rx.update(replay_id)
         self._last_rx_progress = now
         ks = self.keys[key_id]
+        if opcode == P_CONTROL_SOFT_RESET_V1 and self.primary is None:
+            self._emit(ev.PacketDropped("renegotiation requested before the first key is established"))
+            return
         if opcode == P_CONTROL_SOFT_RESET_V1 and (ks is None or (ks.data_key is not None and ks is not self.primary)):
             # a new renegotiation (key ids cycle 1..7, so the slot may hold an old lame-duck key)
             ks = self._start_renegotiation(key_id, now, by_client=True)
@@ -229,20 +232,20 @@ class OpenVPNServerSession:
             return
         ks.plaintext += plain
         if ks.phase == "tls":
-            self._key_method_2(ks, bytes(ks.plaintext), now)
-            ks.plaintext.clear()
-            return
-        while b"\0" in ks.plaintext:
+            consumed = self._key_method_2(ks, bytes(ks.plaintext), now)
+            del ks.plaintext[:consumed]
+        while b"\0" in ks.plaintext and ks.phase != "failed":
             raw, _, rest = bytes(ks.plaintext).partition(b"\0")
             ks.plaintext[:] = rest
             self._control_message(ks, raw.decode("utf-8", "replace"), now)
 
-    def _key_method_2(self, ks: KeyState, message: bytes, now: float) -> None:
+    def _key_method_2(self, ks: KeyState, message: bytes, now: float) -> int:
+        """Handle the client's key-method-2 message; returns how many bytes it took."""
         try:
             km2 = parse_client_key_method_2(message)
         except PacketError as exc:
             self._fail_key(ks, f"bad key-method-2 message: {exc}", now)
-            return
+            return len(message)
         ks.km2 = km2
         ks.phase = "auth"
         if self.primary is None:
@@ -265,6 +268,7 @@ class OpenVPNServerSession:
                 tls_version=ks.tls.version,
             )
         )
+        return km2.length
 
     def _options_string(self) -> str:
         proto = "TCPv4_SERVER" if self.settings.tcp else "UDPv4"
@@ -296,8 +300,9 @@ class OpenVPNServerSession:
             self._pending = _Pending(network, list(extra_push or []))
             self.cipher = self._choose_cipher(ks.km2)
             if self.cipher is None:
-                self._deny(ks, "no common data-channel cipher (client offers "
-                           + (ks.km2.peer_info.get("IV_CIPHERS", "none") if ks.km2 else "none") + ")", now)
+                offered = ks.km2.peer_info.get("IV_CIPHERS", "none") if ks.km2 else "none"
+                self._deny(ks, f"no common data-channel cipher (client offers {offered})", now)
+                self._flush(now)
                 return
             if ks.km2 is not None and ks.km2.iv_proto & IV_PROTO_REQUEST_PUSH:
                 ks.push_requested = True  # the client accepts an unsolicited reply: save it a round trip
@@ -384,7 +389,7 @@ class OpenVPNServerSession:
 
     # ------------------------------------------------------------------ data fast path
     def decrypt(self, packet: bytes) -> bytes | None:
-        """Decrypt a data packet: an IP packet for the TUN, b"" when consumed here (keepalive,
+        """Decrypt a (non-empty) data packet: an IP packet for the TUN, b"" when consumed here (keepalive,
         exit notification), None when dropped (`last_drop` says why)."""
         key = self.rx_keys[packet[0] & 7]
         if key is None:
