@@ -36,10 +36,10 @@ def build_server_context(
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    ctx.use_certificate(crypto.X509.from_cryptography(server_cert))
-    ctx.use_privatekey(crypto.PKey.from_cryptography_key(server_key))
+    ctx.use_certificate(server_cert)
+    ctx.use_privatekey(server_key)
     for extra in chain:
-        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        ctx.add_extra_chain_cert(extra)
     store = ctx.get_cert_store()
     assert store is not None
     for root in trusted_roots:
@@ -52,7 +52,7 @@ def build_server_context(
             result.errors.append(text)
             if result.error is None:
                 result.error, result.depth = text, depth
-                result.subject = cert.get_subject().CN or ""
+                result.subject = cert.to_cryptography().subject.rfc4514_string()
         return bool(ok)
 
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
