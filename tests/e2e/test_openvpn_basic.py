@@ -11,12 +11,16 @@ from .lab import wait_until
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_client_reaches_vnet(make_lab, proto):
     lab = make_lab(1)
-    gw = init_gateway(lab)
+    gw = init_gateway(lab, "--dns", "10.1.0.53")
     profile = gw.issue("alice")
     gw.start()
     client = lab.start_openvpn_client(lab.clients[0], single_transport_profile(profile, proto))
     vip = client.wait_connected(timeout=30)
     assert vip.startswith("172.16.201.")
+    pushed = client.log_text()
+    for option in ("topology subnet", f"ifconfig {vip} 255.255.255.0", "route 10.1.0.0 255.255.255.0",
+                   "dhcp-option DNS 10.1.0.53", "peer-id ", "cipher AES-256-GCM", "protocol-flags cc-exit tls-ekm"):
+        assert option in pushed, option
     assert lab.ping(lab.clients[0], lab.vnet_ip, count=3)
     assert lab.tcp_transfer(lab.clients[0], lab.vnet_ip, 2 << 20, direction="upload")
     assert lab.tcp_transfer(lab.clients[0], lab.vnet_ip, 2 << 20, direction="download")
