@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections import deque
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -64,24 +65,27 @@ class OpenVPNPeer:
 
 
 class PeerIds:
-    """Free list of 24-bit peer-ids; the table index is the id, so lookup is a list access."""
+    """24-bit peer-ids and the table the data path looks them up in.
+
+    Freed ids are reused oldest first, so a late packet from a finished session rarely meets a
+    new session under its old id (and if it does, it fails authentication there)."""
 
     def __init__(self) -> None:
         self.table: dict[int, OpenVPNPeer] = {}
         self._next = 0
-        self._free: list[int] = []
+        self._free: deque[int] = deque()
 
     def allocate(self) -> int | None:
         if self._free:
-            return self._free.pop()
+            return self._free.popleft()
         if self._next > MAX_PEER_ID:
             return None
         self._next += 1
         return self._next - 1
 
     def release(self, peer_id: int) -> None:
-        if self.table.pop(peer_id, None) is not None or peer_id < self._next:
-            self._free.append(peer_id)
+        self.table.pop(peer_id, None)
+        self._free.append(peer_id)
 
 
 class OpenVPNFrontend:
