@@ -65,7 +65,10 @@ class DataKey:
     def needs_renegotiation(self) -> bool:
         return self.tx_packet_id >= PACKET_ID_WRAP_TRIGGER
 
-    def encrypt(self, plaintext: bytes) -> bytes:
+    def encrypt(self, plaintext: bytes) -> bytes | None:
+        """None once all 2^32 packet ids are used (renegotiation should have replaced the key long before)."""
+        if self.tx_packet_id == 0xFFFFFFFF:
+            return None
         self.tx_packet_id += 1
         pid = _pack_id(self.tx_packet_id)
         header = self._header

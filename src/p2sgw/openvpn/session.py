@@ -194,8 +194,11 @@ class OpenVPNServerSession:
         if opcode == P_CONTROL_SOFT_RESET_V1 and self.primary is None:
             self._emit(ev.PacketDropped("renegotiation requested before the first key is established"))
             return
-        if opcode == P_CONTROL_SOFT_RESET_V1 and (ks is None or (ks.data_key is not None and ks is not self.primary)):
-            # a new renegotiation (key ids cycle 1..7, so the slot may hold an old lame-duck key)
+        if opcode == P_CONTROL_SOFT_RESET_V1 and (
+            ks is None or (ks is not self.primary and ks.phase in ("active", "failed"))
+        ):
+            # a new renegotiation (key ids cycle 1..7, so the slot may hold a superseded key);
+            # a retransmitted reset for a negotiation in progress is a duplicate instead
             ks = self._start_renegotiation(key_id, now, by_client=True)
         elif ks is None:
             self._emit(ev.PacketDropped(f"packet for unknown key_id {key_id}"))
@@ -469,7 +472,7 @@ class OpenVPNServerSession:
         self._flush(now)
 
     def _renegotiating(self) -> bool:
-        return any(ks is not None and ks is not self.primary and ks.phase != "failed" and ks.data_key is None
+        return any(ks is not None and ks is not self.primary and ks.phase in ("tls", "auth", "authorized")
                    for ks in self.keys)
 
     def _retire(self, ks: KeyState) -> None:
@@ -486,8 +489,10 @@ class OpenVPNServerSession:
             self._close(now, f"no traffic for {2 * self.settings.ping_restart} s (ping-restart)", linger=False)
             return
         if self.packets_out == self._seen_out and self.tx_key is not None:
-            self._out.append(self.tx_key.encrypt(KEEPALIVE_PING))
-            self.packets_out += 1
+            ping = self.tx_key.encrypt(KEEPALIVE_PING)
+            if ping is not None:
+                self._out.append(ping)
+                self.packets_out += 1
         self._seen_out = self.packets_out
 
     def disconnect(self, now: float, message: str = "RESTART") -> None:
