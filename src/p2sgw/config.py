@@ -20,7 +20,7 @@ DEFAULT_STATE_DIR = "/var/lib/p2sgw"
 STATE_DIR_ENV = "P2SGW_STATE_DIR"
 MAX_TRUSTED_ROOTS = 20
 
-AuthType = Literal["certificate"]
+AuthType = Literal["certificate", "radius"]
 Cipher = Literal["AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"]
 
 
@@ -47,6 +47,55 @@ class OpenVPNSettings(_Model):
     max_handshakes_per_second: int = 200
 
 
+class RadiusServer(_Model):
+    """One RADIUS server; servers are asked in list order (the first is the primary)."""
+
+    address: str
+    port: int = Field(1812, ge=1, le=65535)
+    accounting_port: int = Field(1813, ge=1, le=65535)
+    secret: str = ""  # empty: RadiusSettings.secret
+
+
+class DynamicAuthorization(_Model):
+    """RFC 5176 Disconnect-Request / CoA-Request server (the gateway listens, the RADIUS side asks)."""
+
+    enabled: bool = False
+    listen: str = "0.0.0.0"
+    port: int = Field(3799, ge=1, le=65535)
+    secret: str = ""
+    allowed_clients: list[str] = Field(default_factory=list)  # IPs or CIDRs; empty = the RADIUS servers
+
+
+class RadiusSettings(_Model):
+    servers: list[RadiusServer] = Field(default_factory=list)
+    secret: str = ""  # shared secret for servers that have none of their own
+    # Total wait for one server before failing over; up to 300 s so push-MFA approvals fit.
+    timeout: float = Field(30.0, gt=0, le=300)
+    retries: int = Field(2, ge=0, le=10)  # retransmissions to the same server within `timeout`
+    dead_time: float = Field(60.0, ge=0)  # a server that did not answer is skipped this long
+    nas_identifier: str = "p2sgw"
+    nas_ip_address: str | None = None
+    accounting: bool = True
+    interim_interval: int = Field(300, ge=0)  # seconds; 0 = no Interim-Update
+    # Which reply attribute picks a policy group: "Class" or "vendor:<vendor-id>:<type>"
+    group_attribute: str = "Class"
+    dynamic_authorization: DynamicAuthorization = Field(default_factory=DynamicAuthorization)
+
+
+class PolicyGroup(_Model):
+    """Users matched to a group get its address pools (and routes/DNS when set)."""
+
+    name: str
+    priority: int = 100  # lower number wins when a user matches several groups
+    default: bool = False
+    address_pools: list[str]
+    routes: list[str] | None = None  # None: the gateway-wide routes
+    dns_servers: list[str] | None = None
+    radius_values: list[str] = Field(default_factory=list)  # values of RadiusSettings.group_attribute
+    certificate_domains: list[str] = Field(default_factory=list)  # CN suffixes like "@example.com"
+    oidc_groups: list[str] = Field(default_factory=list)
+
+
 class TrustedRoot(_Model):
     """A root CA whose client certificates are accepted (PEM stored inline)."""
 
@@ -66,11 +115,15 @@ class GatewayConfig(_Model):
     routes: list[str] = Field(default_factory=list)
     dns_servers: list[str] = Field(default_factory=list)
     vpn_auth_types: list[AuthType] = ["certificate"]
+    # With certificate and RADIUS both enabled: "any" = either suffices, "all" = both are required
+    auth_combination: Literal["any", "all"] = "any"
     vpn_client_root_certificates: list[TrustedRoot] = Field(default_factory=list)
     vpn_client_revoked_certificates: list[RevokedCertificate] = Field(default_factory=list)
     database_url: str = ""  # empty: SQLite file in the state directory
     log_level: str = "info"
     openvpn: OpenVPNSettings = Field(default_factory=OpenVPNSettings)
+    radius: RadiusSettings = Field(default_factory=RadiusSettings)
+    policy_groups: list[PolicyGroup] = Field(default_factory=list)
 
     @field_validator("vpn_client_address_pool", "routes")
     @classmethod
