@@ -868,9 +868,26 @@ def test_disconnect_sends_restart(harness):
 def test_unknown_control_message_becomes_event(harness):
     h = harness()
     h.establish()
-    h.client.send_control_message(0, "CR_RESPONSE,dGVzdA==")
+    h.client.send_control_message(0, "INFO,something new")
     h.exchange()
-    assert [e.text for e in h.of(ev.ControlMessage)] == ["CR_RESPONSE,dGVzdA=="]
+    assert [e.text for e in h.of(ev.ControlMessage)] == ["INFO,something new"]
+
+
+def test_pending_auth_with_challenge_and_response(harness):
+    h = harness(peer_info=dict(PEER_INFO_26, IV_SSO="crtext"))
+    req = h.connect()
+    assert h.session.sso_methods == {"crtext"}
+    h.session.pending(req.key_id, h.now, timeout=120, challenge="Enter your one-time code")
+    h.exchange()
+    assert h.client.keys[0].messages[-2:] == ["AUTH_PENDING,timeout 120", "INFO_PRE,CR_TEXT:R:Enter your one-time code"]
+    h.session.handle_timer(h.now + 90)  # beyond hand-window (60 s) but within the pending timeout
+    assert not h.session.closed
+    h.client.send_control_message(0, "CR_RESPONSE,MTIzNDU2")
+    h.exchange()
+    assert [e.response for e in h.of(ev.ChallengeResponse)] == ["123456"]
+    h.session.authorize(req.key_id, NETWORK, now=h.now)
+    h.exchange()
+    assert any(m.startswith("PUSH_REPLY") for m in h.client.keys[0].messages)
 
 
 # =========================================================================== renegotiation

@@ -66,6 +66,14 @@ class ControlMessage(Event):
 
 
 @dataclass(slots=True)
+class ChallengeResponse(Event):
+    """The user's answer to a CR_TEXT challenge (CR_RESPONSE, base64-decoded)."""
+
+    key_id: int
+    response: str = field(repr=False)
+
+
+@dataclass(slots=True)
 class PacketDropped(Event):
     reason: str
 

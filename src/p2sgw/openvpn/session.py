@@ -11,6 +11,8 @@ flowing with the old key while a new one is negotiated.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from .data_channel import SUPPORTED_CIPHERS, DataKey, KEEPALIVE_PING, is_keepali
 from .keys import (
     EKM_LABEL,
     IV_PROTO_CC_EXIT_NOTIFY,
+    IV_PROTO_AUTH_PENDING_KW,
     IV_PROTO_DATA_V2,
     IV_PROTO_REQUEST_PUSH,
     IV_PROTO_TLS_KEY_EXPORT,
@@ -288,6 +291,13 @@ class OpenVPNServerSession:
         elif message == "EXIT":
             self._emit(ev.ClientExit("client sent EXIT"))
             self._close(now, "client exited", linger=False)
+        elif message.startswith("CR_RESPONSE,"):
+            try:
+                answer = base64.b64decode(message[len("CR_RESPONSE,"):], validate=True).decode("utf-8", "replace")
+            except (binascii.Error, ValueError):
+                self._emit(ev.PacketDropped("CR_RESPONSE with invalid base64"))
+                return
+            self._emit(ev.ChallengeResponse(ks.key_id, answer))
         elif message:
             self._emit(ev.ControlMessage(ks.key_id, message))
 
@@ -313,6 +323,25 @@ class OpenVPNServerSession:
         else:
             self._activate(ks, now)
         self._flush(now)
+
+    def pending(self, key_id: int, now: float, timeout: float, challenge: str | None = None,
+                echo: bool = False) -> None:
+        """Authentication continues elsewhere (RADIUS push-MFA, a challenge, a browser): tell the
+        client to wait up to `timeout` seconds, optionally with a CR_TEXT challenge to answer."""
+        ks = self.keys[key_id]
+        if ks is None or ks.phase != "auth" or self.closed:
+            return
+        keyword = self._iv_proto & IV_PROTO_AUTH_PENDING_KW
+        self._send_message(ks, f"AUTH_PENDING,timeout {int(timeout)}" if keyword else "AUTH_PENDING")
+        if challenge is not None:
+            self._send_message(ks, f"INFO_PRE,CR_TEXT:{'R,E' if echo else 'R'}:{challenge}")
+        ks.deadline = max(ks.deadline, now + timeout)
+        self._flush(now)
+
+    @property
+    def sso_methods(self) -> set[str]:
+        """What the client can do with pending authentication (IV_SSO: webauth, openurl, crtext)."""
+        return {m.strip() for m in self.peer_info.get("IV_SSO", "").split(",") if m.strip()}
 
     def deny(self, key_id: int, reason: str, now: float) -> None:
         ks = self.keys[key_id]
