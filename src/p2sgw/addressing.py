@@ -91,6 +91,17 @@ class AddressPool:
             self._store.save_lease(self._pool_id, identity, str(IPv4(address)))
         return IPv4(address)
 
+    def claim(self, address: IPv4 | str) -> bool:
+        """Take a specific address (a static one from RADIUS Framed-IP-Address) if it is ours and free."""
+        value = int(IPv4(address))
+        if not self._is_client_address(value) or value in self._live:
+            return False
+        self._take_live(value)
+        return True
+
+    def contains(self, address: IPv4 | str) -> bool:
+        return self._is_client_address(int(IPv4(address)))
+
     def release(self, address: IPv4 | str) -> None:
         """The session holding address ended; its identity mapping stays for the next connect."""
         value = int(IPv4(address))

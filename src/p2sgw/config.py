@@ -45,6 +45,9 @@ class OpenVPNSettings(_Model):
     tun_name: str = "p2sgw0"
     tun_mtu: int = 1500
     max_handshakes_per_second: int = 200
+    # Password/SSO sign-ins get a session token: renegotiations and reconnects within this many
+    # seconds of the real sign-in do not ask RADIUS (and the user's phone) again.
+    auth_token_lifetime: int = Field(43200, ge=60)
 
 
 class RadiusServer(_Model):

@@ -119,3 +119,18 @@ def test_large_pool_is_fast(store):
 def test_invalid_pools_refused(networks, message):
     with pytest.raises(ValueError, match=message):
         parse_pool_networks(networks)
+
+
+def test_claim_static_address(tmp_path):
+    from p2sgw.addressing import AddressPool
+    from p2sgw.store import Store
+
+    pool = AddressPool(["172.16.201.0/29"], Store(f"sqlite:///{tmp_path}/s.db"))
+    assert pool.claim("172.16.201.5")
+    assert not pool.claim("172.16.201.5")  # live already
+    assert not pool.claim("172.16.201.1")  # the gateway's own address
+    assert not pool.claim("10.0.0.1")  # not ours
+    leased = {str(pool.lease(f"user{i}")) for i in range(4)}
+    assert "172.16.201.5" not in leased
+    pool.release("172.16.201.5")
+    assert pool.claim("172.16.201.5")
