@@ -17,9 +17,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .addressing import AddressPool
-from .auth.base import AuthResult, Credentials
+from .auth.base import AuthResult
 from .auth.certificate import CertificateAuthenticator
+from .auth.service import AuthService
+from .auth.tokens import AuthTokens
 from .config import CONFIG_NAME, GatewayConfig, load_config
 from .control import start_control_server
 from .frontends.openvpn import OpenVPNFrontend, OpenVPNPeer
@@ -33,6 +34,7 @@ from .openvpn.static_key import parse_static_key
 from .openvpn.tls import build_server_context
 from .openvpn.tls_wrap import TlsAuth, TlsCrypt
 from .pki import Pki, load_pem_certificate
+from .policy import GroupPolicy, PolicyGroups
 from .sessions import Session, SessionRegistry
 from .store import Store
 
@@ -48,11 +50,13 @@ class Gateway:
         self._config_mtime = self._mtime()
         self.pki = Pki(state_dir)
         self.store = Store.for_state_dir(state_dir, self.config)
-        self.pool = AddressPool(self.config.vpn_client_address_pool, self.store)
+        self.policy = PolicyGroups(self.config, self.store)
         self.registry = SessionRegistry()
         self.drops = DropCounter()
         self.timers = TimerHeap(loop, self._on_timer)
         self.cert_auth = CertificateAuthenticator(self.config.revoked_thumbprints())
+        self.auth = AuthService(self.config, self.cert_auth, tokens=self._auth_tokens())
+        self._session_timers: dict[str, asyncio.TimerHandle] = {}
         key2 = parse_static_key(self.pki.tls_crypt_key_path.read_text())
         ovpn = self.config.openvpn
         self.tls_wrap = TlsCrypt(key2) if ovpn.tls_wrap == "tls-crypt" else TlsAuth(key2)
@@ -85,6 +89,14 @@ class Gateway:
         except OSError:
             return 0.0
 
+    def _auth_tokens(self) -> AuthTokens:
+        """The token key is kept in the state dir, so tokens survive a gateway restart."""
+        path = self.pki.dir / "auth-token.key"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_bytes(os.urandom(32))
+        return AuthTokens(path.read_bytes(), self.config.openvpn.auth_token_lifetime)
+
     def _trusted_roots(self) -> list[x509.Certificate]:
         roots = [self.pki.ca_certificate()]
         roots += [load_pem_certificate(r.public_cert_data) for r in self.config.vpn_client_root_certificates]
@@ -93,13 +105,14 @@ class Gateway:
     def _build_tls_context(self):
         cert = x509.load_pem_x509_certificate(self.pki.server_cert_path.read_bytes())
         key = serialization.load_pem_private_key(self.pki.server_key_path.read_bytes(), None)
-        return build_server_context(cert, key, [self.pki.ca_certificate()], self._trusted_roots())
+        return build_server_context(cert, key, [self.pki.ca_certificate()], self._trusted_roots(),
+                                    require_client_certificate=self.auth.requires_client_certificate())
 
     def open_tun(self) -> None:
         """Netlink set-up runs before the event loop starts (pyroute2 cannot run inside it)."""
         ovpn = self.config.openvpn
         gateway_ifaces = [
-            ipaddress.ip_interface(f"{net.network_address + 1}/{net.prefixlen}") for net in self.pool.networks
+            ipaddress.ip_interface(f"{net.network_address + 1}/{net.prefixlen}") for net in self.policy.pool_networks()
         ]
         self.tun = TunDevice(ovpn.tun_name, ovpn.tun_mtu, gateway_ifaces)
 
@@ -159,20 +172,46 @@ class Gateway:
         return self.tun.fds[0]
 
     # ---------------------------------------------------------------- sessions
-    async def authenticate(self, creds: Credentials) -> AuthResult:
-        return await self.cert_auth.authenticate(creds)
+    def lease_address(self, group: GroupPolicy, result: AuthResult) -> tuple[ipaddress.IPv4Address | None, str]:
+        """The user's address: a static one from the backend (Framed-IP-Address) or a sticky lease
+        from the group's pool. Returns (None, reason) when there is none to give."""
+        if result.framed_ip is not None:
+            owner = self.policy.group_of_address(result.framed_ip)
+            if owner is None or not owner.pool.claim(result.framed_ip):
+                warn("address.static_unavailable", identity=result.identity, address=str(result.framed_ip),
+                     reason="outside every pool" if owner is None else "in use")
+                return None, f"static address {result.framed_ip} is not available"
+            return result.framed_ip, ""
+        address = group.pool.lease(result.identity)
+        if address is None:
+            warn("address.pool_exhausted", identity=result.identity, group=group.name,
+                 pools=",".join(str(n) for n in group.pool.networks))
+            return None, "no free address in the client address pool"
+        return address, ""
 
-    def start_session(self, session: Session, peer: OpenVPNPeer) -> None:
+    def start_session(self, session: Session, peer: OpenVPNPeer, result: AuthResult) -> None:
         self.registry.add(session)
         assert session.virtual_ip is not None
         self.routes[session.virtual_ip.packed] = peer
+        if result.session_timeout:
+            self._session_timers[session.id] = self.loop.call_later(
+                result.session_timeout, self._session_timeout, session)
+
+    def _session_timeout(self, session: Session) -> None:
+        log("session.timeout", session=session.id, identity=session.identity)
+        session.tunnel.disconnect("RESTART")
 
     def end_session(self, session: Session, vip_bytes: bytes | None) -> None:
         self.registry.remove(session)
         if vip_bytes is not None and self.routes.get(vip_bytes) is session.tunnel:
             del self.routes[vip_bytes]
+        timer = self._session_timers.pop(session.id, None)
+        if timer is not None:
+            timer.cancel()
         if session.virtual_ip is not None:
-            self.pool.release(session.virtual_ip)
+            group = self.policy.group_of_address(session.virtual_ip)
+            if group is not None:
+                group.pool.release(session.virtual_ip)
         log("session.down", session=session.id, identity=session.identity, virtual_ip=str(session.virtual_ip),
             bytes_in=session.tunnel.bytes_in, bytes_out=session.tunnel.bytes_out,
             duration_s=int(time.time() - session.connected_at.timestamp()))

@@ -46,6 +46,10 @@ def warn(event: str, **fields: object) -> None:
     log(event, logging.WARNING, **fields)
 
 
+def error(event: str, **fields: object) -> None:
+    log(event, logging.ERROR, **fields)
+
+
 class DropCounter:
     """Counts dropped packets by reason: the first of a reason is logged at once (with its
     details), later ones only as a count in a summary line per interval."""

@@ -35,10 +35,11 @@ class Session:
     id: str = ""
     connected_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
+    radius_class: list[bytes] = field(default_factory=list)
+
     def __post_init__(self) -> None:
         if not self.id:
-            prefix = "OVPN" if self.protocol.startswith("openvpn") else self.protocol.upper()
-            self.id = f"{prefix}_{uuid.uuid4()}"
+            self.id = new_session_id(self.protocol)
 
     def as_dict(self) -> dict:
         return {
@@ -53,6 +54,12 @@ class Session:
             "auth_method": self.auth_method,
             "policy_group": self.policy_group,
         }
+
+
+def new_session_id(protocol: str) -> str:
+    """`OVPN_<uuid>` / `SSTP_<uuid>` / `IKEv2_<uuid>`, the form operators know from the cloud gateway."""
+    prefix = "OVPN" if protocol.startswith("openvpn") else "IKEv2" if protocol == "ikev2" else protocol.upper()
+    return f"{prefix}_{uuid.uuid4()}"
 
 
 class SessionRegistry:

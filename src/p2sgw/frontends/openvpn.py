@@ -7,19 +7,23 @@ control packets; data packets go straight from the adapter to `OpenVPNPeer.core`
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 from collections import deque
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..auth.base import Credentials
-from ..logs import log, warn
+from ..auth.base import Challenge, Credentials
+from ..logs import error, log, warn
 from ..openvpn import events as ev
 from ..openvpn.push import ClientNetworkConfig
 from ..openvpn.server import MAX_PEER_ID, OpenVPNListener
 from ..openvpn.session import OpenVPNServerSession, SessionSettings
-from ..sessions import Session
+from ..sessions import Session, new_session_id
+
+PENDING_MARGIN = 10  # seconds beyond the RADIUS worst case before the client gives up
+CHALLENGE_TIMEOUT = 300  # seconds a user has to type a one-time code
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -28,7 +32,8 @@ if TYPE_CHECKING:
 class OpenVPNPeer:
     """One OpenVPN client as the rest of the gateway sees it (implements sessions.Tunnel)."""
 
-    __slots__ = ("core", "protocol", "addr", "send", "session", "vip_bytes", "frontend", "closed")
+    __slots__ = ("core", "protocol", "addr", "send", "session", "vip_bytes", "frontend", "closed", "session_id",
+                 "challenge")
 
     def __init__(self, frontend: OpenVPNFrontend, core: OpenVPNServerSession, protocol: str,
                  addr: tuple[str, int], send: Callable[[bytes], None]) -> None:
@@ -40,6 +45,8 @@ class OpenVPNPeer:
         self.session: Session | None = None
         self.vip_bytes: bytes | None = None
         self.closed = False
+        self.session_id = new_session_id("openvpn")  # before sign-in: RADIUS sees it as Acct-Session-Id
+        self.challenge: tuple[ev.AuthRequest, Challenge] | None = None
 
     @property
     def remote(self) -> str:
@@ -138,9 +145,9 @@ class OpenVPNFrontend:
     def _handle_event(self, peer: OpenVPNPeer, event: ev.Event) -> None:
         sid = peer.session.id if peer.session else None
         if isinstance(event, ev.AuthRequest):
-            task = asyncio.ensure_future(self._authenticate(peer, event))
-            self._auth_tasks.add(task)
-            task.add_done_callback(self._auth_tasks.discard)
+            self._spawn(peer, event.key_id, self._authenticate(peer, event))
+        elif isinstance(event, ev.ChallengeResponse):
+            self._answer(peer, event)
         elif isinstance(event, ev.Established):
             log("openvpn.established", session=sid, identity=peer.session.identity if peer.session else "",
                 cipher=event.cipher, tls=event.tls_version, remote=peer.remote)
@@ -161,17 +168,28 @@ class OpenVPNFrontend:
         elif isinstance(event, ev.ControlMessage):
             log("openvpn.control_message", session=sid, text=event.text[:100])
 
-    async def _authenticate(self, peer: OpenVPNPeer, event: ev.AuthRequest) -> None:
+    async def _authenticate(self, peer: OpenVPNPeer, event: ev.AuthRequest, answer: str | None = None,
+                            challenge: Challenge | None = None) -> None:
         creds = Credentials(
             protocol=peer.protocol,
             remote=peer.remote,
+            session_id=peer.session_id,
             peer_chain=event.peer_chain,  # TLS has verified it: a failed chain never gets this far
             username=event.username,
-            password=event.password,
+            password=answer if challenge is not None else event.password,
+            challenge_state=challenge.state if challenge is not None else None,
         )
-        result = await self.gw.authenticate(creds)
+        auth = self.gw.auth
+        wait = auth.may_wait(creds)
+        if wait:  # RADIUS may hold the request for a push-MFA approval: the client must not give up
+            peer.core.pending(event.key_id, time.time(), wait + PENDING_MARGIN)
+            self.pump(peer)
+        result = await auth.authenticate(creds)
         now = time.time()
         if peer.closed:
+            return
+        if result.challenge is not None and event.username is not None:
+            self._challenge(peer, event, result.challenge, now)
             return
         if not result.ok:
             warn("auth.refused", protocol=peer.protocol, remote=peer.remote, identity=result.identity,
@@ -187,11 +205,10 @@ class OpenVPNFrontend:
                 peer.core.authorize(event.key_id, now=now)
             self.pump(peer)
             return
-        address = self.gw.pool.lease(result.identity)
+        group = self.gw.policy.select(result)
+        address, refusal = self.gw.lease_address(group, result)
         if address is None:
-            warn("address.pool_exhausted", identity=result.identity, remote=peer.remote,
-                 pools=",".join(str(n) for n in self.gw.pool.networks))
-            peer.core.deny(event.key_id, "no free address in the client address pool", now)
+            peer.core.deny(event.key_id, refusal, now)
             self.pump(peer)
             return
         session = Session(
@@ -201,27 +218,70 @@ class OpenVPNFrontend:
             remote=peer.remote,
             tunnel=peer,
             virtual_ip=address,
-            policy_group=result.policy_group,
+            policy_group=group.name,
             cert_thumbprint=result.cert_thumbprint,
+            id=peer.session_id,
+            radius_class=result.radius_class,
         )
         peer.session = session
         peer.vip_bytes = address.packed
-        self.gw.start_session(session, peer)
-        network = ipaddress.ip_network(f"{address}/{self.gw.pool.netmask_for(address)}", strict=False)
+        extra_push = []
+        if event.username is not None and result.method != "certificate":
+            extra_push.append(f"auth-token {auth.issue_token(result, now)}")
+        pool = self.gw.policy.group_of_address(address).pool  # a static address may sit in another group's pool
+        network = ipaddress.ip_network(f"{address}/{pool.netmask_for(address)}", strict=False)
         peer.core.authorize(
             event.key_id,
             ClientNetworkConfig(
                 address=address,
                 network=network,
                 gateway=network.network_address + 1,
-                routes=[ipaddress.ip_network(r) for r in self.gw.config.routes],
-                dns_servers=list(self.gw.config.dns_servers),
+                routes=group.routes,
+                dns_servers=group.dns_servers,
             ),
+            extra_push=extra_push,
             now=now,
         )
         log("session.up", session=session.id, identity=session.identity, protocol=session.protocol,
-            virtual_ip=str(address), remote=peer.remote, auth=result.method, tls=event.tls_version)
+            virtual_ip=str(address), remote=peer.remote, auth=result.method, group=group.name, tls=event.tls_version)
+        self.gw.start_session(session, peer, result)
         self.pump(peer)
+
+    def _challenge(self, peer: OpenVPNPeer, event: ev.AuthRequest, challenge: Challenge, now: float) -> None:
+        """An Access-Challenge (OTP prompt): CR_TEXT for clients that can answer in-band, else CRV1."""
+        log("auth.challenge", session=peer.session_id, identity=event.username, remote=peer.remote)
+        if "crtext" in peer.core.sso_methods:
+            peer.challenge = (event, challenge)
+            peer.core.pending(event.key_id, now, CHALLENGE_TIMEOUT, challenge.text, challenge.echo)
+        else:
+            state_id = self.gw.auth.remember_challenge(event.username or "", challenge, now)
+            user = base64.b64encode((event.username or "").encode()).decode()
+            text = challenge.text.replace(",", " ")
+            peer.core.deny(event.key_id, f"CRV1:{'R,E' if challenge.echo else 'R'}:{state_id}:{user}:{text}", now)
+        self.pump(peer)
+
+    def _answer(self, peer: OpenVPNPeer, event: ev.ChallengeResponse) -> None:
+        if peer.challenge is None or peer.challenge[0].key_id != event.key_id:
+            warn("auth.unexpected_challenge_response", session=peer.session_id, remote=peer.remote)
+            return
+        request, challenge = peer.challenge
+        peer.challenge = None
+        self._spawn(peer, request.key_id, self._authenticate(peer, request, event.response, challenge))
+
+    def _spawn(self, peer: OpenVPNPeer, key_id: int, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._auth_tasks.add(task)
+
+        def done(task: asyncio.Task) -> None:
+            self._auth_tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                error("auth.internal_error", session=peer.session_id, error=f"{type(exc).__name__}: {exc}")
+                if not peer.closed:
+                    peer.core.deny(key_id, "internal error during sign-in", time.time())
+                    self.pump(peer)
+
+        task.add_done_callback(done)
 
     def shutdown(self, message: str = "RESTART") -> None:
         for peer in list(self.peers):

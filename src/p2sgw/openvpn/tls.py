@@ -30,8 +30,10 @@ def build_server_context(
     server_key: PrivateKeyTypes,
     chain: list[x509.Certificate],
     trusted_roots: list[x509.Certificate],
+    require_client_certificate: bool = True,
 ) -> SSL.Context:
-    """TLS ≥ 1.2 server context that requires a client certificate chaining to one of `trusted_roots`."""
+    """TLS ≥ 1.2 server context; a client certificate, when sent (or required), must chain to one of
+    `trusted_roots`."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
@@ -55,7 +57,8 @@ def build_server_context(
                 result.subject = cert.to_cryptography().subject.rfc4514_string()
         return bool(ok)
 
-    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+    mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if require_client_certificate else 0)
+    ctx.set_verify(mode, verify)
     return ctx
 
 
