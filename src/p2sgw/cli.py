@@ -32,6 +32,8 @@ from p2sgw.config import (
     STATE_DIR_ENV,
     GatewayConfig,
     OpenVPNSettings,
+    RadiusServer,
+    RadiusSettings,
     RevokedCertificate,
     TrustedRoot,
     load_config,
@@ -57,6 +59,7 @@ SESSION_FIELDS = (
     "auth_method",
 )
 PROFILE_TYPES = ("openvpn",)
+AUTH_TYPES = ("certificate", "radius")
 SIOCGIFADDR = 0x8915
 
 app = typer.Typer(
@@ -214,7 +217,9 @@ def init(
     pool: Annotated[list[str], typer.Option(help="Client address pool CIDR (repeatable).")],
     route: Annotated[list[str], typer.Option(help="Network pushed to clients as a route (repeatable).")],
     dns: Annotated[list[str] | None, typer.Option(help="DNS server pushed to clients (repeatable).")] = None,
-    auth: Annotated[str, typer.Option(help="Client authentication: certificate.")] = "certificate",
+    auth: Annotated[str, typer.Option(help="Client authentication: certificate, radius, or both (comma-separated).")] = "certificate",
+    radius_server: Annotated[list[str] | None, typer.Option(help="RADIUS server HOST[:PORT] (repeatable, in priority order).")] = None,
+    radius_secret: Annotated[str | None, typer.Option(help="Shared secret of the RADIUS servers.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing gateway: new CA, old clients stop working.")] = False,
     udp_port: Annotated[int, typer.Option(help="OpenVPN UDP port (0 disables).")] = 1194,
     tcp_port: Annotated[int, typer.Option(help="OpenVPN TCP port (0 disables).")] = 443,
@@ -226,8 +231,11 @@ def init(
             f"{state_dir / CONFIG_NAME} already exists; use --force to replace it "
             "(a new CA is generated and existing client certificates stop working)"
         )
-    if auth != "certificate":
-        _fail(f"--auth {auth}: only 'certificate' is supported")
+    auth_types = [a.strip() for a in auth.split(",") if a.strip()]
+    unknown = [a for a in auth_types if a not in AUTH_TYPES]
+    if unknown or not auth_types:
+        _fail(f"--auth {auth}: choose from {', '.join(AUTH_TYPES)} (comma-separated)")
+    radius = _radius_settings(auth_types, radius_server or [], radius_secret)
     for flag, port in (("--udp-port", udp_port), ("--tcp-port", tcp_port)):
         if not 0 <= port <= 65535:
             _fail(f"{flag} {port}: not a port number")
@@ -238,12 +246,33 @@ def init(
         vpn_client_address_pool=pool,
         routes=route,
         dns_servers=dns or [],
-        vpn_auth_types=[auth],
+        vpn_auth_types=auth_types,
         openvpn=OpenVPNSettings(udp_port=udp_port, tcp_port=tcp_port),
+        radius=radius,
     )
     pki = _initialise(state_dir, config)
     out.print(f"[green]Initialised[/] {escape(str(state_dir))}", soft_wrap=True)
     _print_summary(state_dir, config, pki)
+
+
+def _radius_settings(auth_types: list[str], servers: list[str], secret: str | None) -> RadiusSettings:
+    if "radius" not in auth_types:
+        if servers:
+            _fail("--radius-server needs --auth radius (or certificate,radius)")
+        return RadiusSettings()
+    if not servers:
+        _fail("--auth radius needs at least one --radius-server HOST[:PORT]")
+    if not secret:
+        _fail("--auth radius needs --radius-secret (or per-server secrets in p2sgw.toml)")
+    parsed = []
+    for server in servers:
+        host, sep, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
+        if not sep:
+            host, port = server, "1812"
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            _fail(f"--radius-server {server}: expected HOST[:PORT]")
+        parsed.append(RadiusServer(address=host, port=int(port)))
+    return RadiusSettings(servers=parsed, secret=secret)
 
 
 @app.command()
@@ -428,7 +457,7 @@ def ca_remove(
 @app.command()
 @_friendly
 def profile(
-    name: Annotated[str, typer.Argument(help="Issued client name.")],
+    name: Annotated[str | None, typer.Argument(help="Issued client name (omit for a username/password profile).")] = None,
     profile_type: Annotated[str, typer.Option("--type", help="Profile type: openvpn.")] = "openvpn",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
@@ -437,9 +466,15 @@ def profile(
     if profile_type not in PROFILE_TYPES:
         _fail(f"--type {profile_type}: supported types are {', '.join(PROFILE_TYPES)}")
     config, pki = _load(state_dir)
-    client = pki.load_client(name)
-    if client.thumbprint in config.revoked_thumbprints():
-        _fail(f"client {name!r} is revoked; issue a new certificate first")
+    client = None
+    if name is not None:
+        client = pki.load_client(name)
+        if client.thumbprint in config.revoked_thumbprints():
+            _fail(f"client {name!r} is revoked; issue a new certificate first")
+    elif "radius" not in config.vpn_auth_types or (
+        "certificate" in config.vpn_auth_types and config.auth_combination == "all"
+    ):
+        _fail("a profile without a client certificate needs --auth radius (users sign in with a password)")
     text = openvpn_profile(config, pki, client)
     if output is None:
         typer.echo(text, nl=False)
@@ -448,7 +483,8 @@ def profile(
     with os.fdopen(fd, "w") as f:
         os.fchmod(f.fileno(), 0o600)
         f.write(text)
-    out.print(f"[green]Wrote[/] {escape(str(output))} (contains the private key of {escape(name)})", soft_wrap=True)
+    what = f"contains the private key of {escape(name)}" if name else "username/password sign-in"
+    out.print(f"[green]Wrote[/] {escape(str(output))} ({what})", soft_wrap=True)
 
 
 # Live sessions

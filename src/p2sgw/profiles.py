@@ -14,9 +14,12 @@ from p2sgw.pki import IssuedCert, Pki
 SERVER_POLL_TIMEOUT = 10
 
 
-def openvpn_profile(config: GatewayConfig, pki: Pki, client: IssuedCert | tuple[str, str]) -> str:
+def openvpn_profile(config: GatewayConfig, pki: Pki, client: IssuedCert | tuple[str, str] | None) -> str:
+    """A certificate profile for `client`, or (client None) a username/password profile without a key."""
     if isinstance(client, IssuedCert):
         name, cert_pem, key_pem = client.name, client.cert_pem, client.key_pem
+    elif client is None:
+        name = cert_pem = key_pem = None
     else:
         name, (cert_pem, key_pem) = None, client
     settings = config.openvpn
@@ -51,8 +54,9 @@ def openvpn_profile(config: GatewayConfig, pki: Pki, client: IssuedCert | tuple[
         f"data-ciphers {':'.join(settings.ciphers)}",
         "verb 3",
         _inline("ca", pki.ca_pem()),
-        _inline("cert", cert_pem),
-        _inline("key", key_pem),
+        *([_inline("cert", cert_pem), _inline("key", key_pem)] if cert_pem and key_pem else []),
+        # the client asks for a username and password (RADIUS): prompts, or its GUI's dialog
+        *(["auth-user-pass", "auth-retry interact"] if "radius" in config.vpn_auth_types else []),
         *tls_wrap,
         # Last: options placed after a <connection> block do not apply to it.
         *connections,
