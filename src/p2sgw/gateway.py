@@ -17,8 +17,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from .accounting import Accounting
 from .auth.base import AuthResult
 from .auth.certificate import CertificateAuthenticator
+from .auth.radius import RadiusAuthenticator
 from .auth.service import AuthService
 from .auth.tokens import AuthTokens
 from .config import CONFIG_NAME, GatewayConfig, load_config
@@ -26,6 +28,7 @@ from .control import start_control_server
 from .frontends.openvpn import OpenVPNFrontend, OpenVPNPeer
 from .io.openvpn_tcp import OpenVPNTcpConnection
 from .io.openvpn_udp import OpenVPNUdpEndpoint
+from .io.radius import AsyncRadiusClient, DynamicAuthorizationServer
 from .io.timers import TimerHeap
 from .io.tun import TunDevice, ip_forwarding_enabled
 from .logs import DropCounter, log, setup_logging, warn
@@ -35,6 +38,7 @@ from .openvpn.tls import build_server_context
 from .openvpn.tls_wrap import TlsAuth, TlsCrypt
 from .pki import Pki, load_pem_certificate
 from .policy import GroupPolicy, PolicyGroups
+from .radius import dynauth
 from .sessions import Session, SessionRegistry
 from .store import Store
 
@@ -55,7 +59,17 @@ class Gateway:
         self.drops = DropCounter()
         self.timers = TimerHeap(loop, self._on_timer)
         self.cert_auth = CertificateAuthenticator(self.config.revoked_thumbprints())
-        self.auth = AuthService(self.config, self.cert_auth, tokens=self._auth_tokens())
+        radius = self.config.radius
+        self.radius_client = AsyncRadiusClient(radius) if radius.servers else None
+        self.radius = (
+            RadiusAuthenticator(radius, self.radius_client)
+            if self.radius_client is not None and "radius" in self.config.vpn_auth_types else None
+        )
+        self.accounting = (
+            Accounting(radius, self.radius_client, loop) if self.radius_client is not None and radius.accounting else None
+        )
+        self.dynauth: DynamicAuthorizationServer | None = None
+        self.auth = AuthService(self.config, self.cert_auth, radius=self.radius, tokens=self._auth_tokens())
         self._session_timers: dict[str, asyncio.TimerHandle] = {}
         key2 = parse_static_key(self.pki.tls_crypt_key_path.read_text())
         ovpn = self.config.openvpn
@@ -136,6 +150,12 @@ class Gateway:
                 reuse_port=True,
             )
             log("listen", protocol="openvpn-tcp", address=f"{ovpn.listen}:{ovpn.tcp_port}")
+        if self.config.radius.dynamic_authorization.enabled:
+            self.dynauth = DynamicAuthorizationServer(self.config.radius, self._dynamic_authorization)
+            await self.dynauth.start()
+            log("listen", protocol="radius-dynauth", address=str(self.dynauth.local_address()))
+        if self.accounting is not None:
+            self.accounting.accounting_on()
         self.control_server = await start_control_server(self.state_dir / "control.sock", self.handle_control)
         self._watcher = self.loop.create_task(self._watch_config())
         log("gateway.ready", public_address=self.config.public_address,
@@ -194,12 +214,26 @@ class Gateway:
         assert session.virtual_ip is not None
         self.routes[session.virtual_ip.packed] = peer
         if result.session_timeout:
-            self._session_timers[session.id] = self.loop.call_later(
-                result.session_timeout, self._session_timeout, session)
+            self._set_session_timeout(session, result.session_timeout)
+        if self.accounting is not None:
+            self.accounting.start(session, result.interim_interval)
+
+    def _set_session_timeout(self, session: Session, seconds: int) -> None:
+        old = self._session_timers.pop(session.id, None)
+        if old is not None:
+            old.cancel()
+        elapsed = time.time() - session.connected_at.timestamp()
+        self._session_timers[session.id] = self.loop.call_later(
+            max(0.0, seconds - elapsed), self._session_timeout, session)
 
     def _session_timeout(self, session: Session) -> None:
         log("session.timeout", session=session.id, identity=session.identity)
-        session.tunnel.disconnect("RESTART")
+        self.end_by_gateway(session, "Session-Timeout", "RESTART")
+
+    def end_by_gateway(self, session: Session, cause: str, message: str) -> None:
+        """End a session for a reason of ours (the RADIUS terminate cause) and tell its client."""
+        session.terminate_cause = cause
+        session.tunnel.disconnect(message)
 
     def end_session(self, session: Session, vip_bytes: bytes | None) -> None:
         self.registry.remove(session)
@@ -212,6 +246,8 @@ class Gateway:
             group = self.policy.group_of_address(session.virtual_ip)
             if group is not None:
                 group.pool.release(session.virtual_ip)
+        if self.accounting is not None:
+            self.accounting.stop(session, session.terminate_cause)
         log("session.down", session=session.id, identity=session.identity, virtual_ip=str(session.virtual_ip),
             bytes_in=session.tunnel.bytes_in, bytes_out=session.tunnel.bytes_out,
             duration_s=int(time.time() - session.connected_at.timestamp()))
@@ -240,7 +276,7 @@ class Gateway:
             if session is None:
                 return {"ok": False, "error": "no such session"}
             log("session.disconnect", session=session.id, identity=session.identity, by="operator")
-            session.tunnel.disconnect("HALT")
+            self.end_by_gateway(session, "Admin-Reset", "HALT")
             return {"ok": True}
         if op == "reload":
             self.reload_config()
@@ -273,7 +309,32 @@ class Gateway:
             if session.cert_thumbprint and session.cert_thumbprint in self.cert_auth.revoked:
                 warn("session.revoked", session=session.id, identity=session.identity,
                      thumbprint=session.cert_thumbprint)
-                session.tunnel.disconnect("AUTH_FAILED,certificate revoked")
+                self.end_by_gateway(session, "Admin-Reset", "AUTH_FAILED,certificate revoked")
+
+    def _dynamic_authorization(self, request: dynauth.DynAuthRequest) -> tuple[bool, int | None]:
+        """RFC 5176: end (Disconnect-Request) or change (CoA Session-Timeout) the matching sessions."""
+        matches = [
+            s for s in self.registry
+            if (request.acct_session_id is None or s.id == request.acct_session_id)
+            and (request.user_name is None or s.identity == request.user_name)
+            and (request.framed_ip is None or s.virtual_ip == request.framed_ip)
+        ]
+        if request.acct_session_id is None and request.user_name is None and request.framed_ip is None:
+            return False, dynauth.MISSING_ATTRIBUTE
+        if not matches:
+            log("radius.dynauth", op="disconnect" if request.is_disconnect else "coa", found=0,
+                user=request.user_name, acct_session_id=request.acct_session_id)
+            return False, dynauth.SESSION_CONTEXT_NOT_FOUND
+        for session in matches:
+            log("radius.dynauth", op="disconnect" if request.is_disconnect else "coa", session=session.id,
+                identity=session.identity)
+            if request.is_disconnect:
+                self.end_by_gateway(session, "Admin-Reset", "HALT")
+            elif request.session_timeout is not None:
+                self._set_session_timeout(session, request.session_timeout)
+            else:
+                return False, dynauth.UNSUPPORTED_ATTRIBUTE
+        return True, None
 
     async def run(self) -> None:
         await self.start()
@@ -284,6 +345,8 @@ class Gateway:
 
     async def stop(self) -> None:
         log("gateway.stopping", sessions=len(self.registry))
+        for session in self.registry:
+            session.terminate_cause = "NAS-Request"
         self.frontend.shutdown("RESTART")  # clients reconnect (to another node, or to us after restart)
         deadline = time.time() + 2.0
         while self.frontend.peers and time.time() < deadline:
@@ -294,6 +357,13 @@ class Gateway:
             self.tcp_server.close()
         if self.control_server is not None:
             self.control_server.close()
+        if self.dynauth is not None:
+            self.dynauth.close()
+        if self.accounting is not None:
+            await self.accounting.drain()
+            await self.accounting.accounting_off()
+        if self.radius_client is not None:
+            self.radius_client.close()
         (self.state_dir / "control.sock").unlink(missing_ok=True)
         if self.tun is not None:
             self.loop.remove_reader(self.tun.fds[0])

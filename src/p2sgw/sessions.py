@@ -18,6 +18,8 @@ class Tunnel(Protocol):
 
     bytes_in: int
     bytes_out: int
+    packets_in: int
+    packets_out: int
 
     def disconnect(self, message: str) -> None: ...
 
@@ -36,6 +38,7 @@ class Session:
     connected_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     radius_class: list[bytes] = field(default_factory=list)
+    terminate_cause: str = "Lost-Carrier"  # RADIUS Acct-Terminate-Cause name, set by whoever ends it
 
     def __post_init__(self) -> None:
         if not self.id:

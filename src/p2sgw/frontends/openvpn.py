@@ -60,6 +60,14 @@ class OpenVPNPeer:
     def bytes_out(self) -> int:
         return self.core.bytes_out
 
+    @property
+    def packets_in(self) -> int:
+        return self.core.packets_in
+
+    @property
+    def packets_out(self) -> int:
+        return self.core.packets_out
+
     def disconnect(self, message: str) -> None:
         """Tell the client (RESTART, HALT, AUTH_FAILED,…) and end the session."""
         self.core.disconnect(time.time(), message)
@@ -161,6 +169,8 @@ class OpenVPNFrontend:
             pass  # logged where the decision was made
         elif isinstance(event, ev.ClientExit):
             log("openvpn.client_exit", session=sid, remote=peer.remote, reason=event.reason)
+            if peer.session is not None:
+                peer.session.terminate_cause = "User-Request"
         elif isinstance(event, ev.PacketDropped):
             self.gw.drops.drop(event.reason, remote=peer.remote)
         elif isinstance(event, ev.SessionClosed):
