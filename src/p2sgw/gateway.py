@@ -153,7 +153,6 @@ class Gateway:
         if self.config.radius.dynamic_authorization.enabled:
             self.dynauth = DynamicAuthorizationServer(self.config.radius, self._dynamic_authorization)
             await self.dynauth.start()
-            log("listen", protocol="radius-dynauth", address=str(self.dynauth.local_address()))
         if self.accounting is not None:
             self.accounting.accounting_on()
         self.control_server = await start_control_server(self.state_dir / "control.sock", self.handle_control)
