@@ -61,7 +61,7 @@ class AuthService:
         if cert is not None and not need_both and cert.ok:
             return cert
         if creds.username is None:
-            if cert is not None and creds.peer_chain:
+            if cert is not None and creds.peer_chain and not need_both:
                 return cert
             return AuthResult.refuse("radius", "username and password required")
         result = await self._password(creds)
