@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from .accounting import Accounting
@@ -95,6 +96,7 @@ class Gateway:
             ),
         )
         self._stopping = asyncio.Event()
+        self.accepting = True
 
     # ---------------------------------------------------------------- set-up
     def _mtime(self) -> float:
@@ -304,11 +306,16 @@ class Gateway:
         except Exception as exc:
             warn("config.tls_context_failed", error=str(exc))
         log("config.reloaded", revoked=len(self.cert_auth.revoked), roots=len(config.vpn_client_root_certificates))
+        roots = self._trusted_roots()
         for session in self.registry:
             if session.cert_thumbprint and session.cert_thumbprint in self.cert_auth.revoked:
                 warn("session.revoked", session=session.id, identity=session.identity,
                      thumbprint=session.cert_thumbprint)
                 self.end_by_gateway(session, "Admin-Reset", "AUTH_FAILED,certificate revoked")
+            elif session.certificate_chain and not _issued_by_any(session.certificate_chain[-1], roots):
+                warn("session.untrusted_root", session=session.id, identity=session.identity,
+                     issuer=session.certificate_chain[-1].issuer.rfc4514_string())
+                self.end_by_gateway(session, "Admin-Reset", "AUTH_FAILED,certificate authority no longer trusted")
 
     def _dynamic_authorization(self, request: dynauth.DynAuthRequest) -> tuple[bool, int | None]:
         """RFC 5176: end (Disconnect-Request) or change (CoA Session-Timeout) the matching sessions."""
@@ -344,6 +351,9 @@ class Gateway:
 
     async def stop(self) -> None:
         log("gateway.stopping", sessions=len(self.registry))
+        self.accepting = False  # no new sessions while the current ones are told to go
+        if self.tcp_server is not None:
+            self.tcp_server.close()
         for session in self.registry:
             session.terminate_cause = "NAS-Request"
         self.frontend.shutdown("RESTART")  # clients reconnect (to another node, or to us after restart)
@@ -352,8 +362,6 @@ class Gateway:
             await asyncio.sleep(0.05)
         if self.udp is not None:
             self.udp.close()
-        if self.tcp_server is not None:
-            self.tcp_server.close()
         if self.control_server is not None:
             self.control_server.close()
         if self.dynauth is not None:
@@ -370,6 +378,20 @@ class Gateway:
         self.timers.close()
         self.store.close()
         log("gateway.stopped")
+
+
+def _issued_by_any(cert: x509.Certificate, roots: list[x509.Certificate]) -> bool:
+    """Whether `cert` (the top of a client's chain) is signed by one of the trusted roots, or is one."""
+    for root in roots:
+        if cert == root:
+            return True
+        if cert.issuer == root.subject:
+            try:
+                cert.verify_directly_issued_by(root)
+                return True
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+    return False
 
 
 def run_gateway(state_dir: Path) -> int:

@@ -232,6 +232,7 @@ class OpenVPNFrontend:
             cert_thumbprint=result.cert_thumbprint,
             id=peer.session_id,
             radius_class=result.radius_class,
+            certificate_chain=event.peer_chain if result.cert_thumbprint else [],
         )
         peer.session = session
         peer.vip_bytes = address.packed

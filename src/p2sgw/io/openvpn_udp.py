@@ -101,6 +101,8 @@ class OpenVPNUdpEndpoint:
                 peer.core.receive_control(data, now)
                 self.frontend.pump(peer)
                 continue
+            if not self.gw.accepting:
+                continue  # shutting down: no new sessions
             verdict = self.frontend.listener.udp_packet(data, addr, now)
             if verdict.reply is not None:
                 try:

@@ -141,4 +141,4 @@ class OpenVPNListener:
         settings = self.settings
         if tcp != settings.tcp:
             settings = SessionSettings(**{**{f: getattr(settings, f) for f in settings.__slots__}, "tcp": tcp})
-        return OpenVPNServerSession(settings, self.tls_context(), self.wrap, own, client, peer_id, now)
+        return OpenVPNServerSession(settings, self.tls_context, self.wrap, own, client, peer_id, now)

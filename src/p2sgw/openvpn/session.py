@@ -15,6 +15,7 @@ import base64
 import binascii
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from OpenSSL import SSL
@@ -106,7 +107,7 @@ class OpenVPNServerSession:
     def __init__(
         self,
         settings: SessionSettings,
-        tls_context: SSL.Context,
+        tls_context: SSL.Context | Callable[[], SSL.Context],
         wrap: TlsWrap,
         own_sid: bytes,
         client_sid: bytes,
@@ -115,7 +116,8 @@ class OpenVPNServerSession:
         wrap_replay_id: int = 1,
     ) -> None:
         self.settings = settings
-        self.tls_context = tls_context
+        # a callable gives each new key state the gateway's current trust (roots added or removed)
+        self._tls_context = tls_context if callable(tls_context) else (lambda: tls_context)
         self.wrap = wrap
         self.own_sid = own_sid
         self.client_sid = client_sid
@@ -150,7 +152,7 @@ class OpenVPNServerSession:
 
     # ------------------------------------------------------------------ helpers
     def _new_key_state(self, key_id: int, now: float, first_send_id: int = 0, first_recv_id: int = 0) -> KeyState:
-        ks = KeyState(key_id, TlsEndpoint(self.tls_context), now, self.settings.hand_window,
+        ks = KeyState(key_id, TlsEndpoint(self._tls_context()), now, self.settings.hand_window,
                       self.settings.tls_timeout, first_send_id, first_recv_id)
         return ks
 
@@ -230,6 +232,8 @@ class OpenVPNServerSession:
         return ks
 
     def _tls_input(self, ks: KeyState, records: bytes, now: float) -> None:
+        if ks.phase == "failed":
+            return  # the rest of a batch after a failed handshake
         plain = ks.tls.receive_records(records)
         if ks.tls.failed:
             self._fail_key(ks, f"TLS handshake failed: {ks.tls.failed}", now)
