@@ -20,7 +20,8 @@ DEFAULT_STATE_DIR = "/var/lib/p2sgw"
 STATE_DIR_ENV = "P2SGW_STATE_DIR"
 MAX_TRUSTED_ROOTS = 20
 
-AuthType = Literal["certificate", "radius"]
+AuthType = Literal["certificate", "radius", "oidc"]
+ENTRA_VPN_AUDIENCE = "c632b3df-fb67-4d84-bdcf-b95ad541b5c8"  # the Microsoft-registered VPN client app
 Cipher = Literal["AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"]
 
 
@@ -99,6 +100,59 @@ class PolicyGroup(_Model):
     oidc_groups: list[str] = Field(default_factory=list)
 
 
+class OidcSettings(_Model):
+    """Sign-in with Microsoft Entra ID or any OpenID Connect provider (OpenVPN WEB_AUTH).
+
+    The gateway is a relying party: authorization code flow with PKCE, state and nonce; the
+    redirect URI is https://PUBLIC_ADDRESS/oidc/callback."""
+
+    issuer: str = ""  # https URL; discovery at ISSUER/.well-known/openid-configuration
+    client_id: str = ""
+    client_secret: str | None = None  # absent: public client (PKCE only)
+    audience: str | None = None  # expected `aud`; default: client_id
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    allowed_groups: list[str] = Field(default_factory=list)  # empty: every user of the provider
+    group_claim: str = "groups"
+    username_claim: str = "preferred_username"  # falls back to upn, email, sub
+    required_amr: list[str] = Field(default_factory=list)  # e.g. ["mfa"]: all must be in the token's amr
+    tenant_id: str | None = None  # Entra: `tid` must match; also the default issuer
+    ca_file: str | None = None  # PEM bundle for providers with a private CA (default: system trust)
+    leeway: int = Field(60, ge=0, le=300)  # seconds of clock skew allowed for exp/nbf/iat
+    sign_in_timeout: int = Field(300, ge=30, le=1800)  # how long a client waits for the browser sign-in
+
+    def effective_issuer(self) -> str:
+        if self.issuer:
+            return self.issuer
+        if self.tenant_id:
+            return f"https://login.microsoftonline.com/{self.tenant_id}/v2.0"
+        return ""
+
+    def accepted_issuers(self) -> list[str]:
+        """The configured issuer; for Entra tenants also the v1 form of the same tenant."""
+        issuers = [self.effective_issuer()]
+        if self.tenant_id:
+            for form in (f"https://login.microsoftonline.com/{self.tenant_id}/v2.0",
+                         f"https://sts.windows.net/{self.tenant_id}/"):
+                if form not in issuers:
+                    issuers.append(form)
+        return issuers
+
+    @field_validator("issuer")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if value and not value.startswith("https://"):
+            raise ValueError("the OIDC issuer must be an https:// URL")
+        return value  # kept exactly: it must equal the tokens' `iss`
+
+
+class WebSettings(_Model):
+    """The gateway's HTTPS endpoint (sign-in pages, later API and portal)."""
+
+    enabled: bool = True
+    share_openvpn_tcp_port: bool = True  # one TCP port for OpenVPN and HTTPS, told apart by the first bytes
+    port: int = Field(0, ge=0, le=65535)  # an extra HTTPS-only port; 0 = none
+
+
 class TrustedRoot(_Model):
     """A root CA whose client certificates are accepted (PEM stored inline)."""
 
@@ -126,6 +180,8 @@ class GatewayConfig(_Model):
     log_level: str = "info"
     openvpn: OpenVPNSettings = Field(default_factory=OpenVPNSettings)
     radius: RadiusSettings = Field(default_factory=RadiusSettings)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     policy_groups: list[PolicyGroup] = Field(default_factory=list)
 
     @field_validator("vpn_client_address_pool", "routes")
