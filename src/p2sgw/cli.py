@@ -284,7 +284,7 @@ def serve(state_dir: StateDir = Path(DEFAULT_STATE_DIR)) -> None:
             public_address=_default_public_address(), vpn_client_address_pool=[DEMO_POOL], routes=[DEMO_ROUTE]
         )
         pki = _initialise(state_dir, config)
-        out.print(f"[yellow]No configuration found:[/] initialised {escape(str(state_dir))} with demo defaults")
+        out.print(f"[yellow]No configuration found:[/] initialised {escape(str(state_dir))} with demo defaults", soft_wrap=True)
         _print_summary(state_dir, config, pki)
     from p2sgw.gateway import run_gateway
 
