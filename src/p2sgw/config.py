@@ -151,6 +151,9 @@ class WebSettings(_Model):
     enabled: bool = True
     share_openvpn_tcp_port: bool = True  # one TCP port for OpenVPN and HTTPS, told apart by the first bytes
     port: int = Field(0, ge=0, le=65535)  # an extra HTTPS-only port; 0 = none
+    # A certificate browsers trust (e.g. from a public CA); default: the gateway's server certificate
+    certificate_file: str | None = None  # PEM, chain included
+    key_file: str | None = None
 
 
 class TrustedRoot(_Model):

@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import os
 import signal
+import ssl
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from .accounting import Accounting
 from .auth.base import AuthResult
 from .auth.certificate import CertificateAuthenticator
+from .auth.oidc import OidcProvider
 from .auth.radius import RadiusAuthenticator
 from .auth.service import AuthService
 from .auth.tokens import AuthTokens
@@ -31,6 +33,7 @@ from .io.openvpn_tcp import OpenVPNTcpConnection
 from .io.openvpn_udp import OpenVPNUdpEndpoint
 from .io.radius import AsyncRadiusClient, DynamicAuthorizationServer
 from .io.timers import TimerHeap
+from .io.tcp_listener import SharedTcpListener
 from .io.tun import TunDevice, ip_forwarding_enabled
 from .logs import DropCounter, log, setup_logging, warn
 from .openvpn.session import SessionSettings
@@ -41,6 +44,8 @@ from .pki import Pki, load_pem_certificate
 from .policy import GroupPolicy, PolicyGroups
 from .radius import dynauth
 from .sessions import Session, SessionRegistry
+from .web.app import CALLBACK_PATH, WebEndpoint
+from .web.signin import SignInBroker
 from .store import Store
 
 CONFIG_POLL_INTERVAL = 1.0
@@ -80,7 +85,14 @@ class Gateway:
         self._tcp: dict[OpenVPNPeer, OpenVPNTcpConnection] = {}
         self.tun: TunDevice | None = None
         self.udp: OpenVPNUdpEndpoint | None = None
-        self.tcp_server: asyncio.AbstractServer | None = None
+        self.tcp_listeners: list[SharedTcpListener] = []
+        self.signins = SignInBroker()
+        self.oidc = OidcProvider(self.config.oidc, f"{self.web_base_url}{CALLBACK_PATH}") \
+            if "oidc" in self.config.vpn_auth_types else None
+        if self.oidc is not None:
+            self.signins.on_cancel.append(self.oidc.pending.discard)
+        self.web = WebEndpoint(self.signins, self.oidc)
+        self._https_ssl: ssl.SSLContext | None = None
         self.control_server: asyncio.AbstractServer | None = None
         self.frontend = OpenVPNFrontend(
             self,
@@ -112,6 +124,32 @@ class Gateway:
             path.touch(mode=0o600)
             path.write_bytes(os.urandom(32))
         return AuthTokens(path.read_bytes(), self.config.openvpn.auth_token_lifetime)
+
+    @property
+    def web_base_url(self) -> str:
+        """Where browsers reach us: the public address on the shared OpenVPN TCP port (or the web port)."""
+        web, ovpn = self.config.web, self.config.openvpn
+        port = ovpn.tcp_port if web.share_openvpn_tcp_port and ovpn.tcp_port else web.port
+        host = self.config.public_address
+        host = f"[{host}]" if ":" in host else host
+        return f"https://{host}" + ("" if port in (443, 0) else f":{port}")
+
+    def _https_context(self) -> ssl.SSLContext:
+        """TLS for the web endpoint: an operator-provided certificate (web.certificate_file) or the
+        gateway's server certificate."""
+        if self._https_ssl is None:
+            web = self.config.web
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if web.certificate_file:
+                ctx.load_cert_chain(web.certificate_file, web.key_file or None)
+            else:
+                chain = self.state_dir / "pki" / "server-chain.pem"
+                chain.write_text(self.pki.server_cert_path.read_text() + self.pki.ca_pem())
+                ctx.load_cert_chain(chain, self.pki.server_key_path)
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._https_ssl = ctx
+        return self._https_ssl
 
     def _trusted_roots(self) -> list[x509.Certificate]:
         roots = [self.pki.ca_certificate()]
@@ -146,12 +184,21 @@ class Gateway:
         if ovpn.enabled and ovpn.udp_port:
             self.udp = OpenVPNUdpEndpoint(self, self.frontend, ovpn.listen, ovpn.udp_port)
             log("listen", protocol="openvpn-udp", address=f"{ovpn.listen}:{ovpn.udp_port}")
+        web = self.config.web
+        if web.enabled:
+            await self.web.start()
+        https = self.web.protocol_factory() if web.enabled else None
         if ovpn.enabled and ovpn.tcp_port:
-            self.tcp_server = await self.loop.create_server(
-                lambda: OpenVPNTcpConnection(self, self.frontend), ovpn.listen, ovpn.tcp_port, reuse_address=True,
-                reuse_port=True,
-            )
-            log("listen", protocol="openvpn-tcp", address=f"{ovpn.listen}:{ovpn.tcp_port}")
+            shared = https if web.share_openvpn_tcp_port else None
+            self.tcp_listeners.append(SharedTcpListener(
+                self.loop, ovpn.listen, ovpn.tcp_port, lambda: OpenVPNTcpConnection(self, self.frontend),
+                shared, self._https_context if shared else None, self.drops))
+            log("listen", protocol="openvpn-tcp" + ("+https" if shared else ""),
+                address=f"{ovpn.listen}:{ovpn.tcp_port}")
+        if web.enabled and web.port:
+            self.tcp_listeners.append(SharedTcpListener(
+                self.loop, ovpn.listen, web.port, None, https, self._https_context, self.drops))
+            log("listen", protocol="https", address=f"{ovpn.listen}:{web.port}")
         if self.config.radius.dynamic_authorization.enabled:
             self.dynauth = DynamicAuthorizationServer(self.config.radius, self._dynamic_authorization)
             await self.dynauth.start()
@@ -289,7 +336,9 @@ class Gateway:
             await asyncio.sleep(CONFIG_POLL_INTERVAL)
             if self._mtime() != self._config_mtime:
                 self.reload_config()
-            self.drops.flush(time.time())
+            now = time.time()
+            self.drops.flush(now)
+            self.signins.expire(now)
 
     def reload_config(self) -> None:
         """Re-read p2sgw.toml: trusted roots and revocations apply at once, also to live sessions."""
@@ -352,8 +401,8 @@ class Gateway:
     async def stop(self) -> None:
         log("gateway.stopping", sessions=len(self.registry))
         self.accepting = False  # no new sessions while the current ones are told to go
-        if self.tcp_server is not None:
-            self.tcp_server.close()
+        for listener in self.tcp_listeners:
+            listener.close()
         for session in self.registry:
             session.terminate_cause = "NAS-Request"
         self.frontend.shutdown("RESTART")  # clients reconnect (to another node, or to us after restart)
@@ -371,6 +420,10 @@ class Gateway:
             await self.accounting.accounting_off()
         if self.radius_client is not None:
             self.radius_client.close()
+        if self.config.web.enabled:
+            await self.web.close()
+        if self.oidc is not None:
+            await self.oidc.aclose()
         (self.state_dir / "control.sock").unlink(missing_ok=True)
         if self.tun is not None:
             self.loop.remove_reader(self.tun.fds[0])

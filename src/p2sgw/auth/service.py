@@ -51,7 +51,21 @@ class AuthService:
             return 0.0
         return self.radius.max_wait
 
+    def wants_browser(self, creds: Credentials) -> bool:
+        """OIDC sign-in is due: enabled, and the client did not present a valid session token
+        (the username/password an SSO profile sends are placeholders)."""
+        if "oidc" not in self.types:
+            return False
+        if is_token(creds.password) and creds.username and self._granted_for(creds.username, creds.password or "",
+                                                                              time.time()):
+            return False
+        if "certificate" in self.types and creds.peer_chain and self.certificates.check(creds).ok:
+            return False  # certificate or browser: either signs in
+        return True
+
     async def authenticate(self, creds: Credentials) -> AuthResult:
+        if "oidc" in self.types and is_token(creds.password) and creds.username:
+            return self._token(creds.username, creds.password or "", time.time())
         cert = self.certificates.check(creds) if "certificate" in self.types else None
         if "radius" not in self.types or self.radius is None:
             return cert or AuthResult.refuse("none", "no authentication method is enabled")
@@ -84,12 +98,16 @@ class AuthService:
             state, password = remembered[1], answer
         return await self.radius.authenticate_password(creds, password, state)
 
-    def _token(self, username: str, token: str, now: float) -> AuthResult:
+    def _granted_for(self, username: str, token: str, now: float) -> AuthResult | None:
         info = self.tokens.verify(username, token, now)
         granted = self._granted.get(info.session_id) if info else None
-        if info is None or granted is None or granted.expires < now:
-            return AuthResult.refuse("radius", "session token expired, sign in again", username)
+        if granted is None or granted.expires < now:
+            return None
         return granted.result
+
+    def _token(self, username: str, token: str, now: float) -> AuthResult:
+        return self._granted_for(username, token, now) or AuthResult.refuse(
+            "token", "session token expired, sign in again", username)
 
     def issue_token(self, result: AuthResult, now: float) -> str:
         """A token for a successful password sign-in, remembered with its authorization."""

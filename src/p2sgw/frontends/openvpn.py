@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..auth.base import Challenge, Credentials
+from ..auth.base import AuthResult, Challenge, Credentials
 from ..logs import error, log, warn
 from ..openvpn import events as ev
 from ..openvpn.push import ClientNetworkConfig
@@ -33,7 +33,7 @@ class OpenVPNPeer:
     """One OpenVPN client as the rest of the gateway sees it (implements sessions.Tunnel)."""
 
     __slots__ = ("core", "protocol", "addr", "send", "session", "vip_bytes", "frontend", "closed", "session_id",
-                 "challenge")
+                 "challenge", "pending_sign_in")
 
     def __init__(self, frontend: OpenVPNFrontend, core: OpenVPNServerSession, protocol: str,
                  addr: tuple[str, int], send: Callable[[bytes], None]) -> None:
@@ -47,6 +47,7 @@ class OpenVPNPeer:
         self.closed = False
         self.session_id = new_session_id("openvpn")  # before sign-in: RADIUS sees it as Acct-Session-Id
         self.challenge: tuple[ev.AuthRequest, Challenge] | None = None
+        self.pending_sign_in: str | None = None  # a browser sign-in id while one is outstanding
 
     @property
     def remote(self) -> str:
@@ -142,6 +143,8 @@ class OpenVPNFrontend:
 
     def _forget(self, peer: OpenVPNPeer) -> None:
         peer.closed = True
+        if peer.pending_sign_in is not None:
+            self.gw.signins.cancel(peer.pending_sign_in)
         self.gw.timers.cancel(peer)
         self.peers.discard(peer)
         self.peer_ids.release(peer.core.peer_id)
@@ -190,6 +193,9 @@ class OpenVPNFrontend:
             challenge_state=challenge.state if challenge is not None else None,
         )
         auth = self.gw.auth
+        if auth.wants_browser(creds):
+            self._web_sign_in(peer, event)
+            return
         wait = auth.may_wait(creds)
         if wait:  # RADIUS may hold the request for a push-MFA approval: the client must not give up
             peer.core.pending(event.key_id, time.time(), wait + PENDING_MARGIN)
@@ -201,6 +207,11 @@ class OpenVPNFrontend:
         if result.challenge is not None and event.username is not None:
             self._challenge(peer, event, result.challenge, now)
             return
+        self._decide(peer, event, result, now)
+
+    def _decide(self, peer: OpenVPNPeer, event: ev.AuthRequest, result: AuthResult, now: float) -> None:
+        """Apply an authentication outcome to the key state waiting for it."""
+        auth = self.gw.auth
         if not result.ok:
             warn("auth.refused", protocol=peer.protocol, remote=peer.remote, identity=result.identity,
                  method=result.method, reason=result.reason, renegotiation=event.renegotiation)
@@ -237,8 +248,10 @@ class OpenVPNFrontend:
         peer.session = session
         peer.vip_bytes = address.packed
         extra_push = []
-        if event.username is not None and result.method != "certificate":
+        if result.method in ("radius", "oidc", "certificate+radius"):
+            # renegotiations and reconnects present this instead of asking RADIUS / the browser again
             extra_push.append(f"auth-token {auth.issue_token(result, now)}")
+            extra_push.append(f"auth-token-user {base64.b64encode(result.identity.encode()).decode()}")
         pool = self.gw.policy.group_of_address(address).pool  # a static address may sit in another group's pool
         network = ipaddress.ip_network(f"{address}/{pool.netmask_for(address)}", strict=False)
         peer.core.authorize(
@@ -256,6 +269,31 @@ class OpenVPNFrontend:
         log("session.up", session=session.id, identity=session.identity, protocol=session.protocol,
             virtual_ip=str(address), remote=peer.remote, auth=result.method, group=group.name, tls=event.tls_version)
         self.gw.start_session(session, peer, result)
+        self.pump(peer)
+
+    def _web_sign_in(self, peer: OpenVPNPeer, event: ev.AuthRequest) -> None:
+        """OIDC: send the client a short one-time URL on our HTTPS endpoint and wait for the browser."""
+        now = time.time()
+        if "webauth" not in peer.core.sso_methods and "openurl" not in peer.core.sso_methods:
+            warn("auth.refused", remote=peer.remote, method="oidc", reason="client cannot do browser sign-in")
+            peer.core.deny(event.key_id, "this VPN signs in through a web browser: use a client with WEB_AUTH "
+                           "support (OpenVPN Connect, openvpn-gui) or a profile from 'p2sgw profile'", now)
+            self.pump(peer)
+            return
+        timeout = self.gw.config.oidc.sign_in_timeout
+
+        def done(result: AuthResult) -> None:
+            if peer.closed:
+                return
+            if peer.core.keys[event.key_id] is None:
+                return
+            self._decide(peer, event, result, time.time())
+
+        pending_id = self.gw.signins.register(f"{peer.protocol} from {peer.remote}", now + timeout, done)
+        peer.pending_sign_in = pending_id
+        url = f"{self.gw.web_base_url}/a/{pending_id}"
+        log("auth.web_sign_in", session=peer.session_id, remote=peer.remote, url_length=len(url))
+        peer.core.pending(event.key_id, now, timeout + PENDING_MARGIN, web_auth_url=url)  # the broker times out first
         self.pump(peer)
 
     def _challenge(self, peer: OpenVPNPeer, event: ev.AuthRequest, challenge: Challenge, now: float) -> None:

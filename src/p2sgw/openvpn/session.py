@@ -329,9 +329,10 @@ class OpenVPNServerSession:
         self._flush(now)
 
     def pending(self, key_id: int, now: float, timeout: float, challenge: str | None = None,
-                echo: bool = False) -> None:
+                echo: bool = False, web_auth_url: str | None = None) -> None:
         """Authentication continues elsewhere (RADIUS push-MFA, a challenge, a browser): tell the
-        client to wait up to `timeout` seconds, optionally with a CR_TEXT challenge to answer."""
+        client to wait up to `timeout` seconds, optionally with a CR_TEXT challenge to answer or
+        a WEB_AUTH URL to open."""
         ks = self.keys[key_id]
         if ks is None or ks.phase != "auth" or self.closed:
             return
@@ -339,6 +340,8 @@ class OpenVPNServerSession:
         self._send_message(ks, f"AUTH_PENDING,timeout {int(timeout)}" if keyword else "AUTH_PENDING")
         if challenge is not None:
             self._send_message(ks, f"INFO_PRE,CR_TEXT:{'R,E' if echo else 'R'}:{challenge}")
+        if web_auth_url is not None:
+            self._send_message(ks, f"INFO_PRE,WEB_AUTH::{web_auth_url}")
         ks.deadline = max(ks.deadline, now + timeout)
         self._flush(now)
 
