@@ -31,6 +31,7 @@ from p2sgw.config import (
     MAX_TRUSTED_ROOTS,
     STATE_DIR_ENV,
     GatewayConfig,
+    OidcSettings,
     OpenVPNSettings,
     RadiusServer,
     RadiusSettings,
@@ -59,7 +60,7 @@ SESSION_FIELDS = (
     "auth_method",
 )
 PROFILE_TYPES = ("openvpn",)
-AUTH_TYPES = ("certificate", "radius")
+AUTH_TYPES = ("certificate", "radius", "oidc")
 SIOCGIFADDR = 0x8915
 
 app = typer.Typer(
@@ -200,6 +201,11 @@ def _print_summary(state_dir: Path, config: GatewayConfig, pki: Pki) -> None:
         ("client certificates", f"{pki.clients_dir}/"),
         ("control socket", str(state_dir / "control.sock")),
     ]
+    if "oidc" in config.vpn_auth_types:
+        rows += [
+            ("OIDC issuer", config.oidc.effective_issuer()),
+            ("OIDC redirect URI", f"{config.oidc_redirect_uri()}  (register it at the identity provider)"),
+        ]
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
         out.print(f"[bold]{label:<{width}}[/]{escape(value)}", soft_wrap=True)
@@ -220,6 +226,11 @@ def init(
     auth: Annotated[str, typer.Option(help="Client authentication: certificate, radius, or both (comma-separated).")] = "certificate",
     radius_server: Annotated[list[str] | None, typer.Option(help="RADIUS server HOST[:PORT] (repeatable, in priority order).")] = None,
     radius_secret: Annotated[str | None, typer.Option(help="Shared secret of the RADIUS servers.")] = None,
+    oidc_issuer: Annotated[str | None, typer.Option(help="OIDC issuer URL (https), e.g. https://login.microsoftonline.com/TENANT/v2.0.")] = None,
+    oidc_client_id: Annotated[str | None, typer.Option(help="OIDC client (application) id registered for the gateway.")] = None,
+    oidc_client_secret: Annotated[str | None, typer.Option(help="OIDC client secret (omit for a public client with PKCE).")] = None,
+    oidc_allowed_group: Annotated[list[str] | None, typer.Option(help="Only members of this group may sign in (repeatable).")] = None,
+    oidc_ca_file: Annotated[Path | None, typer.Option(help="PEM CA bundle for an identity provider with a private CA.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing gateway: new CA, old clients stop working.")] = False,
     udp_port: Annotated[int, typer.Option(help="OpenVPN UDP port (0 disables).")] = 1194,
     tcp_port: Annotated[int, typer.Option(help="OpenVPN TCP port (0 disables).")] = 443,
@@ -236,6 +247,8 @@ def init(
     if unknown or not auth_types:
         _fail(f"--auth {auth}: choose from {', '.join(AUTH_TYPES)} (comma-separated)")
     radius = _radius_settings(auth_types, radius_server or [], radius_secret)
+    oidc = _oidc_settings(auth_types, oidc_issuer, oidc_client_id, oidc_client_secret, oidc_allowed_group or [],
+                          oidc_ca_file)
     for flag, port in (("--udp-port", udp_port), ("--tcp-port", tcp_port)):
         if not 0 <= port <= 65535:
             _fail(f"{flag} {port}: not a port number")
@@ -249,10 +262,28 @@ def init(
         vpn_auth_types=auth_types,
         openvpn=OpenVPNSettings(udp_port=udp_port, tcp_port=tcp_port),
         radius=radius,
+        oidc=oidc,
     )
     pki = _initialise(state_dir, config)
     out.print(f"[green]Initialised[/] {escape(str(state_dir))}", soft_wrap=True)
     _print_summary(state_dir, config, pki)
+
+
+def _oidc_settings(auth_types: list[str], issuer: str | None, client_id: str | None, secret: str | None,
+                   groups: list[str], ca_file: Path | None) -> OidcSettings:
+    if "oidc" not in auth_types:
+        if issuer or client_id:
+            _fail("--oidc-issuer/--oidc-client-id need --auth oidc")
+        return OidcSettings()
+    if not issuer or not client_id:
+        _fail("--auth oidc needs --oidc-issuer URL and --oidc-client-id ID")
+    if ca_file is not None and not ca_file.is_file():
+        _fail(f"--oidc-ca-file {ca_file}: no such file")
+    tenant = None
+    if issuer.startswith(("https://login.microsoftonline.com/", "https://sts.windows.net/")):
+        tenant = issuer.rstrip("/").split("/")[3]  # Entra: the tenant id is checked in every token
+    return OidcSettings(issuer=issuer, client_id=client_id, client_secret=secret, allowed_groups=groups,
+                        ca_file=str(ca_file.resolve()) if ca_file else None, tenant_id=tenant)
 
 
 def _radius_settings(auth_types: list[str], servers: list[str], secret: str | None) -> RadiusSettings:
@@ -471,10 +502,10 @@ def profile(
         client = pki.load_client(name)
         if client.thumbprint in config.revoked_thumbprints():
             _fail(f"client {name!r} is revoked; issue a new certificate first")
-    elif "radius" not in config.vpn_auth_types or (
+    elif not {"radius", "oidc"} & set(config.vpn_auth_types) or (
         "certificate" in config.vpn_auth_types and config.auth_combination == "all"
     ):
-        _fail("a profile without a client certificate needs --auth radius (users sign in with a password)")
+        _fail("a profile without a client certificate needs --auth radius or oidc (password or browser sign-in)")
     text = openvpn_profile(config, pki, client)
     if output is None:
         typer.echo(text, nl=False)

@@ -204,6 +204,16 @@ class GatewayConfig(_Model):
             raise ValueError(f"at most {MAX_TRUSTED_ROOTS} trusted root certificates")
         return value
 
+    def web_base_url(self) -> str:
+        """Where browsers reach the gateway: the public address on the shared OpenVPN TCP port (or the web port)."""
+        port = self.openvpn.tcp_port if self.web.share_openvpn_tcp_port and self.openvpn.tcp_port else self.web.port
+        host = f"[{self.public_address}]" if ":" in self.public_address else self.public_address
+        return f"https://{host}" + ("" if port in (443, 0) else f":{port}")
+
+    def oidc_redirect_uri(self) -> str:
+        """Register this at the identity provider (Entra: a "Web" platform redirect URI)."""
+        return self.web_base_url() + "/oidc/callback"
+
     def revoked_thumbprints(self) -> set[str]:
         return {r.thumbprint.upper() for r in self.vpn_client_revoked_certificates}
 

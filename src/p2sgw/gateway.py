@@ -44,7 +44,7 @@ from .pki import Pki, load_pem_certificate
 from .policy import GroupPolicy, PolicyGroups
 from .radius import dynauth
 from .sessions import Session, SessionRegistry
-from .web.app import CALLBACK_PATH, WebEndpoint
+from .web.app import WebEndpoint
 from .web.signin import SignInBroker
 from .store import Store
 
@@ -87,7 +87,7 @@ class Gateway:
         self.udp: OpenVPNUdpEndpoint | None = None
         self.tcp_listeners: list[SharedTcpListener] = []
         self.signins = SignInBroker()
-        self.oidc = OidcProvider(self.config.oidc, f"{self.web_base_url}{CALLBACK_PATH}") \
+        self.oidc = OidcProvider(self.config.oidc, self.config.oidc_redirect_uri()) \
             if "oidc" in self.config.vpn_auth_types else None
         if self.oidc is not None:
             self.signins.on_cancel.append(self.oidc.pending.discard)
@@ -124,15 +124,6 @@ class Gateway:
             path.touch(mode=0o600)
             path.write_bytes(os.urandom(32))
         return AuthTokens(path.read_bytes(), self.config.openvpn.auth_token_lifetime)
-
-    @property
-    def web_base_url(self) -> str:
-        """Where browsers reach us: the public address on the shared OpenVPN TCP port (or the web port)."""
-        web, ovpn = self.config.web, self.config.openvpn
-        port = ovpn.tcp_port if web.share_openvpn_tcp_port and ovpn.tcp_port else web.port
-        host = self.config.public_address
-        host = f"[{host}]" if ":" in host else host
-        return f"https://{host}" + ("" if port in (443, 0) else f":{port}")
 
     def _https_context(self) -> ssl.SSLContext:
         """TLS for the web endpoint: an operator-provided certificate (web.certificate_file) or the

@@ -55,13 +55,25 @@ def openvpn_profile(config: GatewayConfig, pki: Pki, client: IssuedCert | tuple[
         "verb 3",
         _inline("ca", pki.ca_pem()),
         *([_inline("cert", cert_pem), _inline("key", key_pem)] if cert_pem and key_pem else []),
-        # the client asks for a username and password (RADIUS): prompts, or its GUI's dialog
-        *(["auth-user-pass", "auth-retry interact"] if "radius" in config.vpn_auth_types else []),
+        *_sign_in(config, with_certificate=bool(cert_pem)),
         *tls_wrap,
         # Last: options placed after a <connection> block do not apply to it.
         *connections,
     ]
     return "\n".join(lines) + "\n"
+
+
+def _sign_in(config: GatewayConfig, with_certificate: bool) -> list[str]:
+    """How the client proves who it is besides (or instead of) its certificate."""
+    types = config.vpn_auth_types
+    if "oidc" in types and not with_certificate:
+        # Browser sign-in (WEB_AUTH): the client announces it can open a URL; openvpn 2.6 insists on
+        # some credential, so it sends placeholders the gateway ignores (then the pushed auth-token).
+        return ["setenv IV_SSO webauth,openurl,crtext", "auth-retry interact", _inline("auth-user-pass", "sso\nsso")]
+    if "radius" in types and not (with_certificate and config.auth_combination == "any"):
+        # the client asks for a username and password: a prompt, or its GUI's dialog
+        return ["auth-user-pass", "auth-retry interact"]
+    return []
 
 
 def _inline(tag: str, body: str) -> str:

@@ -291,7 +291,7 @@ class OpenVPNFrontend:
 
         pending_id = self.gw.signins.register(f"{peer.protocol} from {peer.remote}", now + timeout, done)
         peer.pending_sign_in = pending_id
-        url = f"{self.gw.web_base_url}/a/{pending_id}"
+        url = f"{self.gw.config.web_base_url()}/a/{pending_id}"
         log("auth.web_sign_in", session=peer.session_id, remote=peer.remote, url_length=len(url))
         peer.core.pending(event.key_id, now, timeout + PENDING_MARGIN, web_auth_url=url)  # the broker times out first
         self.pump(peer)
