@@ -133,25 +133,17 @@ class DynAuthRequest:
     def nas_ipv6_address(self) -> ipaddress.IPv6Address | None:
         return self._ip(_NAS_IPV6, 16)  # type: ignore[return-value]
 
-    def _integer(self, atype: int) -> int | None:
-        values = self.packet.values(atype)
-        if not values:
-            return None
-        if len(values[0]) != 4:
-            raise PacketError(f"integer attribute {atype} of {len(values[0])} octets")
-        return int.from_bytes(values[0], "big")
-
     @property
     def event_timestamp(self) -> int | None:
-        return self._integer(55)
+        return self.packet.integer(55)
 
     @property
     def session_timeout(self) -> int | None:
-        return self._integer(27)
+        return self.packet.integer(27)
 
     @property
     def service_type(self) -> int | None:
-        return self._integer(6)
+        return self.packet.integer(6)
 
     @property
     def state(self) -> bytes | None:

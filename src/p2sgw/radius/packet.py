@@ -569,6 +569,15 @@ class RadiusPacket:
         """Raw values of an attribute, in order ([] if absent)."""
         return list(self._index.get(resolve(key)[0], ()))
 
+    def integer(self, atype: int) -> int | None:
+        """The first value of a 32-bit integer attribute (None if absent; PacketError if not 4 octets)."""
+        values = self._index.get(atype)
+        if not values:
+            return None
+        if len(values[0]) != 4:
+            raise PacketError(f"{attribute_name(atype)} of {len(values[0])} octets")
+        return int.from_bytes(values[0], "big")
+
     def vendor(self, vendor_id: int, vendor_type: int) -> list[bytes]:
         """Raw values of a vendor-specific attribute, in order."""
         return list(self._index.get((vendor_id, vendor_type), ()))
@@ -674,25 +683,17 @@ class RadiusReply(RadiusPacket):
             return None
         return ipaddress.IPv4Address(values[0])
 
-    def _integer(self, atype: int) -> int | None:
-        values = self._index.get(atype)
-        if not values:
-            return None
-        if len(values[0]) != 4:
-            raise PacketError(f"{attribute_name(atype)} of {len(values[0])} octets")
-        return int.from_bytes(values[0], "big")
-
     @property
     def session_timeout(self) -> int | None:
-        return self._integer(SESSION_TIMEOUT)
+        return self.integer(SESSION_TIMEOUT)
 
     @property
     def idle_timeout(self) -> int | None:
-        return self._integer(IDLE_TIMEOUT)
+        return self.integer(IDLE_TIMEOUT)
 
     @property
     def acct_interim_interval(self) -> int | None:
-        return self._integer(ACCT_INTERIM_INTERVAL)
+        return self.integer(ACCT_INTERIM_INTERVAL)
 
     @property
     def eap_message(self) -> bytes | None:
