@@ -71,7 +71,7 @@ class Accounting:
     async def accounting_off(self) -> None:
         try:
             await asyncio.wait_for(self.client.accounting(ACCOUNTING_OFF, [("Event-Timestamp", int(time.time()))]), 3)
-        except (RadiusUnavailable, asyncio.TimeoutError):
+        except (TimeoutError, RadiusUnavailable):
             pass
 
     def start(self, session: Session, interim_interval: int | None) -> None:

@@ -41,7 +41,14 @@ from p2sgw.config import (
     save_config,
 )
 from p2sgw.control import ControlError, GatewayNotRunning, control_request
-from p2sgw.pki import Pki, certificate_pem, common_name, load_pem_certificate, root_info, thumbprint
+from p2sgw.pki import (
+    Pki,
+    certificate_pem,
+    common_name,
+    load_pem_certificate,
+    root_info,
+    thumbprint,
+)
 from p2sgw.profiles import openvpn_profile
 from p2sgw.store import Store
 from p2sgw.store.db import DB_NAME

@@ -32,8 +32,8 @@ from .frontends.openvpn import OpenVPNFrontend, OpenVPNPeer
 from .io.openvpn_tcp import OpenVPNTcpConnection
 from .io.openvpn_udp import OpenVPNUdpEndpoint
 from .io.radius import AsyncRadiusClient, DynamicAuthorizationServer
-from .io.timers import TimerHeap
 from .io.tcp_listener import SharedTcpListener
+from .io.timers import TimerHeap
 from .io.tun import TunDevice, ip_forwarding_enabled
 from .logs import DropCounter, log, setup_logging, warn
 from .openvpn.session import SessionSettings
@@ -44,9 +44,9 @@ from .pki import Pki, load_pem_certificate
 from .policy import GroupPolicy, PolicyGroups
 from .radius import dynauth
 from .sessions import Session, SessionRegistry
+from .store import Store
 from .web.app import WebEndpoint
 from .web.signin import SignInBroker
-from .store import Store
 
 CONFIG_POLL_INTERVAL = 1.0
 TUN_BATCH = 64

@@ -50,7 +50,7 @@ class IssuedCert:
 
 
 def thumbprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - identifier, not a signature
+    return cert.fingerprint(hashes.SHA1()).hex().upper()
 
 
 def load_pem_certificate(text: str | bytes) -> x509.Certificate:

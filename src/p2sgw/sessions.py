@@ -35,7 +35,7 @@ class Session:
     policy_group: str = "default"
     cert_thumbprint: str | None = None
     id: str = ""
-    connected_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    connected_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
     radius_class: list[bytes] = field(default_factory=list)
     terminate_cause: str = "Lost-Carrier"  # RADIUS Acct-Terminate-Cause name, set by whoever ends it

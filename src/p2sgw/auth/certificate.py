@@ -30,7 +30,7 @@ class CertificateAuthenticator:
         leaf = credentials.peer_chain[0]
         cn_attrs = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         identity = str(cn_attrs[0].value) if cn_attrs else ""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
             return AuthResult.refuse(METHOD, "certificate expired or not yet valid", identity)
         try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
-from collections import deque
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -32,8 +32,19 @@ if TYPE_CHECKING:
 class OpenVPNPeer:
     """One OpenVPN client as the rest of the gateway sees it (implements sessions.Tunnel)."""
 
-    __slots__ = ("core", "protocol", "addr", "send", "session", "vip_bytes", "frontend", "closed", "session_id",
-                 "challenge", "pending_sign_in")
+    __slots__ = (
+        "addr",
+        "challenge",
+        "closed",
+        "core",
+        "frontend",
+        "pending_sign_in",
+        "protocol",
+        "send",
+        "session",
+        "session_id",
+        "vip_bytes",
+    )
 
     def __init__(self, frontend: OpenVPNFrontend, core: OpenVPNServerSession, protocol: str,
                  addr: tuple[str, int], send: Callable[[bytes], None]) -> None:

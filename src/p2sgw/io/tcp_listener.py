@@ -122,7 +122,7 @@ class SharedTcpListener:
                     await self.loop.connect_accepted_socket(factory, conn)
                 else:
                     await self.loop.connect_accepted_socket(factory, conn, ssl=context, ssl_handshake_timeout=10)
-            except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, ssl.SSLError) as exc:
                 self.drops.drop(f"TLS handshake failed on the shared port: {type(exc).__name__}")
                 conn.close()
 

@@ -36,8 +36,17 @@ class DataKey:
     """One direction pair of data-channel keys for one key_id, server side."""
 
     __slots__ = (
-        "cipher", "key_id", "peer_id", "_tx", "_rx", "_tx_iv", "_rx_iv", "_header", "tx_packet_id", "replay",
+        "_header",
+        "_rx",
+        "_rx_iv",
+        "_tx",
+        "_tx_iv",
+        "cipher",
+        "key_id",
         "last_error",
+        "peer_id",
+        "replay",
+        "tx_packet_id",
     )
 
     def __init__(

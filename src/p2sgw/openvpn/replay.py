@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class ReplayWindow:
-    __slots__ = ("size", "highest", "bitmap")
+    __slots__ = ("bitmap", "highest", "size")
 
     def __init__(self, size: int = 64) -> None:
         self.size = size

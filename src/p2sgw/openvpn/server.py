@@ -24,7 +24,12 @@ from .packets import (
     parse_body,
     split_header,
 )
-from .session import OpenVPNServerSession, SessionSettings, new_session_id, server_reset_packet
+from .session import (
+    OpenVPNServerSession,
+    SessionSettings,
+    new_session_id,
+    server_reset_packet,
+)
 from .tls_wrap import TlsWrap
 
 Addr = tuple[str, int]

@@ -21,11 +21,17 @@ from dataclasses import dataclass, field
 from OpenSSL import SSL
 
 from . import events as ev
-from .data_channel import SUPPORTED_CIPHERS, DataKey, KEEPALIVE_PING, is_keepalive, is_occ_exit
+from .data_channel import (
+    KEEPALIVE_PING,
+    SUPPORTED_CIPHERS,
+    DataKey,
+    is_keepalive,
+    is_occ_exit,
+)
 from .keys import (
     EKM_LABEL,
-    IV_PROTO_CC_EXIT_NOTIFY,
     IV_PROTO_AUTH_PENDING_KW,
+    IV_PROTO_CC_EXIT_NOTIFY,
     IV_PROTO_DATA_V2,
     IV_PROTO_REQUEST_PUSH,
     IV_PROTO_TLS_KEY_EXPORT,
@@ -75,8 +81,18 @@ class KeyState:
     """One TLS session and its data keys (ovpn26 key_state)."""
 
     __slots__ = (
-        "key_id", "tls", "sender", "receiver", "phase", "km2", "plaintext", "data_key", "deadline",
-        "activated_at", "push_requested", "push_sent_at",
+        "activated_at",
+        "data_key",
+        "deadline",
+        "key_id",
+        "km2",
+        "phase",
+        "plaintext",
+        "push_requested",
+        "push_sent_at",
+        "receiver",
+        "sender",
+        "tls",
     )
 
     def __init__(self, key_id: int, tls: TlsEndpoint, now: float, hand_window: float, tls_timeout: float,

@@ -63,7 +63,10 @@ def build_server_context(
 
 
 def _verify_error_string(errnum: int) -> str:
-    from OpenSSL._util import ffi, lib  # pyOpenSSL's own binding of X509_verify_cert_error_string
+    from OpenSSL._util import (  # pyOpenSSL's own binding of X509_verify_cert_error_string
+        ffi,
+        lib,
+    )
 
     return ffi.string(lib.X509_verify_cert_error_string(errnum)).decode()
 
