@@ -266,11 +266,16 @@ class Gateway:
             max(0.0, seconds - elapsed), self._session_timeout, session)
 
     def _session_timeout(self, session: Session) -> None:
+        """Session-Timeout (RADIUS reply or CoA): the session ends and its token with it, so the
+        client's automatic reconnect has to sign in for real again."""
         log("session.timeout", session=session.id, identity=session.identity)
+        self.auth.revoke_token(session.token_id)
         self.end_by_gateway(session, "Session-Timeout", "RESTART")
 
     def end_by_gateway(self, session: Session, cause: str, message: str) -> None:
         """End a session for a reason of ours (the RADIUS terminate cause) and tell its client."""
+        if cause == "Admin-Reset":
+            self.auth.revoke_token(session.token_id)  # an operator's "go" is not undone by a reconnect
         session.terminate_cause = cause
         session.tunnel.disconnect(message)
 

@@ -40,6 +40,7 @@ class Session:
     radius_class: list[bytes] = field(default_factory=list)
     terminate_cause: str = "Lost-Carrier"  # RADIUS Acct-Terminate-Cause name, set by whoever ends it
     certificate_chain: list = field(default_factory=list, repr=False)  # x509, leaf first, for cert sign-ins
+    token_id: bytes | None = field(default=None, repr=False)  # the auth-token standing for this sign-in
 
     def __post_init__(self) -> None:
         if not self.id:

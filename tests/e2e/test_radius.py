@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from .freeradius import SECONDARY_RADIUS_IP, FreeRadius, radclient_disconnect
+from .freeradius import SECONDARY_RADIUS_IP, FreeRadius, radclient_coa, radclient_disconnect
 from .gateway_fixture import RunningGateway, init_gateway, single_transport_profile
 from .lab import wait_until
 
@@ -197,3 +200,48 @@ def test_unsigned_replies_are_refused(make_lab, sign_replies):
     wait_until(lambda: "AUTH_FAILED" in client.log_text(), 30, what="refusal of unsigned replies")
     assert gw.sessions() == []
     assert "Message-Authenticator" in gw.log_text()
+
+
+def test_mschapv2_and_eap_relay_against_freeradius(make_lab):
+    """The relays SSTP and IKEv2 will use, through the library API against the real FreeRADIUS."""
+    lab = make_lab(1)
+    FreeRadius(lab).start()
+    tool = str(Path(__file__).parent / "tools" / "radius_relay.py")
+    out = lab.run("gw", sys.executable, tool, "10.1.0.10", SECRET, "mschap", "mschap-pass",
+                  env=lab.gateway_env()).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["mschapv2_accepted"] and result["mschapv2_success_valid"], result
+    assert result["mppe_keys_match"], result  # MS-MPPE-Send/Recv-Key decrypted and equal to RFC 3079's
+    assert result["mschapv2_wrong_rejected"] and "E=691" in result["mschapv2_error"], result
+    assert result["eap_challenged"] and result["eap_accepted"] and result["eap_success"], result
+
+
+def test_coa_session_timeout_and_radius_session_timeout(make_lab):
+    lab = make_lab(2)
+    radius = FreeRadius(lab).start()
+    gw, profile = radius_gateway(lab, radius__dynamic_authorization={"enabled": True, "secret": "dynauth-secret"})
+    gw.start()
+    limited = connect(lab, profile, "timeout", "timeout-pass")  # Session-Timeout = 20 in the reply
+    limited.wait_connected(timeout=30)
+    alice = connect(lab, profile, "alice", "alice-pass", index=1)
+    alice.wait_connected(timeout=30)
+    [alice_session] = [s for s in gw.sessions() if s["identity"] == "alice"]
+    coa = radclient_coa(lab, "vnet", lab.gw_vnet_ip, "dynauth-secret",
+                        {"Acct-Session-Id": alice_session["id"], "Session-Timeout": 4})
+    assert coa.code == "CoA-ACK", coa.output
+    started = time.monotonic()
+    wait_until(lambda: alice_session["id"] not in {s["id"] for s in gw.sessions()}, 15, what="CoA Session-Timeout")
+    assert time.monotonic() - started < 10
+    [limited_session] = [s for s in gw.sessions() if s["identity"] == "timeout"]
+    wait_until(lambda: limited_session["id"] not in {s["id"] for s in gw.sessions()}, 30,
+               what="RADIUS Session-Timeout = 20")
+
+    def stops() -> dict:
+        return {r["Acct-Session-Id"].strip('"'): r["Acct-Terminate-Cause"] for r in radius.detail_records()
+                if r.get("Acct-Status-Type") == "Stop"}
+
+    wait_until(lambda: limited_session["id"] in stops(), 10, what="Accounting Stop")
+    assert stops()[alice_session["id"]] == "Session-Timeout"
+    assert stops()[limited_session["id"]] == "Session-Timeout"
+    # the timed-out token is void: the reconnect had to sign in with the password again
+    assert gw.log_text().count('reason="session token expired, sign in again"') == 2

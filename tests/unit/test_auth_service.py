@@ -92,13 +92,15 @@ def test_certificate_and_radius(combination):
 def test_token_replaces_password_for_renegotiation():
     svc, radius = service(["radius"])
     first = run(svc.authenticate(Credentials("openvpn-udp", "r", username="alice", password="pw")))
-    token = svc.issue_token(first, now=__import__("time").time())
+    token, token_id = svc.issue_token(first, now=__import__("time").time())
     radius.calls.clear()
     again = run(svc.authenticate(Credentials("openvpn-udp", "r", username="alice", password=token)))
     assert again.ok and again.group_hints == ["eng"] and radius.calls == []  # RADIUS not asked again
     assert svc.may_wait(Credentials("openvpn-udp", "r", username="alice", password=token)) == 0
     stolen = run(svc.authenticate(Credentials("openvpn-udp", "r", username="mallory", password=token)))
     assert not stolen.ok
+    svc.revoke_token(token_id)  # e.g. Session-Timeout: the next connect must sign in for real
+    assert not run(svc.authenticate(Credentials("openvpn-udp", "r", username="alice", password=token))).ok
 
 
 def test_crv1_answer_by_reconnecting():

@@ -109,12 +109,17 @@ class AuthService:
         return self._granted_for(username, token, now) or AuthResult.refuse(
             "token", "session token expired, sign in again", username)
 
-    def issue_token(self, result: AuthResult, now: float) -> str:
-        """A token for a successful password sign-in, remembered with its authorization."""
+    def issue_token(self, result: AuthResult, now: float) -> tuple[str, bytes]:
+        """A token for a successful password/browser sign-in, remembered with its authorization;
+        returns (token, token id) — the id lets `revoke_token` force a real sign-in next time."""
         sid = os.urandom(12)
         self._granted[sid] = _Remembered(result, now + self.tokens.lifetime)
         self._forget_expired(now)
-        return self.tokens.issue(result.identity, now, session_id=sid)
+        return self.tokens.issue(result.identity, now, session_id=sid), sid
+
+    def revoke_token(self, token_id: bytes | None) -> None:
+        if token_id is not None:
+            self._granted.pop(token_id, None)
 
     def remember_challenge(self, username: str, challenge: Challenge, now: float) -> str:
         """A state id for clients that answer a challenge by reconnecting (OpenVPN CRV1)."""

@@ -261,7 +261,8 @@ class OpenVPNFrontend:
         extra_push = []
         if result.method in ("radius", "oidc", "certificate+radius"):
             # renegotiations and reconnects present this instead of asking RADIUS / the browser again
-            extra_push.append(f"auth-token {auth.issue_token(result, now)}")
+            token, session.token_id = auth.issue_token(result, now)
+            extra_push.append(f"auth-token {token}")
             extra_push.append(f"auth-token-user {base64.b64encode(result.identity.encode()).decode()}")
         pool = self.gw.policy.group_of_address(address).pool  # a static address may sit in another group's pool
         network = ipaddress.ip_network(f"{address}/{pool.netmask_for(address)}", strict=False)
