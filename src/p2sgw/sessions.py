@@ -23,6 +23,8 @@ class Tunnel(Protocol):
 
     def disconnect(self, message: str) -> None: ...
 
+    def abandon(self, reason: str) -> None: ...
+
 
 @dataclass(eq=False)
 class Session:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import time
 
 import pytest
@@ -38,9 +39,11 @@ def sign_in(lab, idp, url: str, user: str, password: str, **kwargs) -> dict:
 
 
 def test_browser_sign_in_reaches_vnet_and_renegotiates_without_browser(make_lab):
-    lab = make_lab(1)
+    lab = make_lab(1, extra_pools=("172.16.210.0/24",))
     idp = OidcProvider(lab).start()
     gw, profile = oidc_gateway(lab, idp, "--oidc-allowed-group", "vpn-users", openvpn__reneg_sec=8)
+    gw.edit_config(policy_groups=[{"name": "engineering", "address_pools": ["172.16.210.0/24"],
+                                   "oidc_groups": ["engineering"]}])
     gw.start()
     started = time.monotonic()
     client = lab.start_openvpn_client(lab.clients[0], profile)
@@ -49,8 +52,9 @@ def test_browser_sign_in_reaches_vnet_and_renegotiates_without_browser(make_lab)
     result = sign_in(lab, idp, url, "alice", "alice-pass")
     assert result["ok"], result
     assert "You are signed in" in result["text"]
-    client.wait_connected(timeout=30)
+    vip = client.wait_connected(timeout=30)
     print(f"client start to tunnel up through the browser: {time.monotonic() - started:.2f} s")
+    assert vip.startswith("172.16.210."), vip  # the groups claim picked the engineering policy group
     assert lab.ping(lab.clients[0], lab.vnet_ip, count=3)
     [session] = gw.sessions()
     assert session["identity"] == "alice" and session["auth_method"] == "oidc"
@@ -59,6 +63,12 @@ def test_browser_sign_in_reaches_vnet_and_renegotiates_without_browser(make_lab)
     assert len(WEB_AUTH.findall(client.log_text())) == 1
     assert lab.ping(lab.clients[0], lab.vnet_ip, count=2)
     assert [s["id"] for s in gw.sessions()] == [session["id"]]
+    # a reconnect (network change, SIGUSR1) also uses the token: no browser, same address
+    client.process.send_signal(signal.SIGUSR1)
+    wait_until(lambda: [s["id"] for s in gw.sessions()] not in ([], [session["id"]]), 30, what="reconnect")
+    assert client.wait_connected(timeout=30) == vip
+    assert len(WEB_AUTH.findall(client.log_text())) == 1
+    assert lab.ping(lab.clients[0], lab.vnet_ip, count=2)
 
 
 def test_totp_user_with_required_mfa(make_lab):

@@ -47,6 +47,7 @@ class AuthResult:
     session_timeout: int | None = None
     interim_interval: int | None = None
     radius_class: list[bytes] = field(default_factory=list)  # echoed in accounting
+    token_id: bytes | None = field(default=None, repr=False)  # set when an auth-token signed the user in
 
     @classmethod
     def refuse(cls, method: str, reason: str, identity: str = "") -> AuthResult:

@@ -101,9 +101,9 @@ class AuthService:
     def _granted_for(self, username: str, token: str, now: float) -> AuthResult | None:
         info = self.tokens.verify(username, token, now)
         granted = self._granted.get(info.session_id) if info else None
-        if granted is None or granted.expires < now:
+        if info is None or granted is None or granted.expires < now:
             return None
-        return granted.result
+        return replace(granted.result, token_id=info.session_id)
 
     def _token(self, username: str, token: str, now: float) -> AuthResult:
         return self._granted_for(username, token, now) or AuthResult.refuse(
