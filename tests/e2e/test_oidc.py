@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from bench.run import handshake_seconds
+
 from .gateway_fixture import RunningGateway, init_gateway, single_transport_profile
 from .lab import wait_until
 from .oidc_lab import CAROL_TOTP_SECRET, OidcProvider, browser_login, lab_http
@@ -53,7 +55,8 @@ def test_browser_sign_in_reaches_vnet_and_renegotiates_without_browser(make_lab)
     assert result["ok"], result
     assert "You are signed in" in result["text"]
     vip = client.wait_connected(timeout=30)
-    print(f"client start to tunnel up through the browser: {time.monotonic() - started:.2f} s")
+    print(f"client start to tunnel up through the browser: {time.monotonic() - started:.2f} s "
+          f"(client's own clock: {handshake_seconds(client.log_text()):.2f} s, browser {result['elapsed']:.2f} s)")
     assert vip.startswith("172.16.210."), vip  # the groups claim picked the engineering policy group
     assert lab.ping(lab.clients[0], lab.vnet_ip, count=3)
     [session] = gw.sessions()
