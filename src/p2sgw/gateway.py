@@ -210,9 +210,12 @@ class Gateway:
             self.drops.drop(f"tun write failed: {exc.strerror}")
 
     def _tun_readable(self) -> None:
+        """Drain the TUN queue, encrypt, and hand each client its packets as one batch: a UDP
+        client gets them in few sendmsg calls (UDP GSO), a TCP client in one write."""
         read = os.read
         fd = self._tun_fd
         routes = self.routes
+        batches: dict[OpenVPNPeer, list[bytes]] = {}
         for _ in range(TUN_BATCH):
             try:
                 packet = read(fd, 65536)
@@ -223,7 +226,13 @@ class Gateway:
                 continue  # not for a client (e.g. the kernel probing the pool): nothing to do
             encrypted = peer.core.encrypt(packet)
             if encrypted is not None:
-                peer.send(encrypted)
+                batch = batches.get(peer)
+                if batch is None:
+                    batches[peer] = [encrypted]
+                else:
+                    batch.append(encrypted)
+        for peer, batch in batches.items():
+            peer.send_many(batch)
 
     @property
     def _tun_fd(self) -> int:

@@ -41,6 +41,7 @@ class OpenVPNPeer:
         "pending_sign_in",
         "protocol",
         "send",
+        "send_many",
         "session",
         "session_id",
         "vip_bytes",
@@ -53,12 +54,17 @@ class OpenVPNPeer:
         self.protocol = protocol
         self.addr = addr
         self.send = send  # transmits one OpenVPN packet to this client
+        self.send_many: Callable[[list[bytes]], None] = self._send_each  # adapters may do better
         self.session: Session | None = None
         self.vip_bytes: bytes | None = None
         self.closed = False
         self.session_id = new_session_id("openvpn")  # before sign-in: RADIUS sees it as Acct-Session-Id
         self.challenge: tuple[ev.AuthRequest, Challenge] | None = None
         self.pending_sign_in: str | None = None  # a browser sign-in id while one is outstanding
+
+    def _send_each(self, packets: list[bytes]) -> None:
+        for packet in packets:
+            self.send(packet)
 
     @property
     def remote(self) -> str:
