@@ -30,6 +30,7 @@ class OpenVPNTcpConnection(asyncio.Protocol):
         self.peer: OpenVPNPeer | None = None
         self.addr: tuple[str, int] = ("?", 0)
         self._buf = bytearray()
+        self._to_tun: list[bytes] = []  # decrypted packets of one read, written to the TUN together
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -74,6 +75,9 @@ class OpenVPNTcpConnection(asyncio.Protocol):
             if self.transport is None:
                 return
         del buf[:pos]
+        if self._to_tun:
+            self.gw.tun_write(self._to_tun)
+            self._to_tun = []
 
     def _packet(self, packet: bytes) -> None:
         peer = self.peer
@@ -99,7 +103,7 @@ class OpenVPNTcpConnection(asyncio.Protocol):
             if plain[12:16] != peer.vip_bytes:
                 self.gw.drops.drop("source address not assigned to this client")
                 return
-            self.gw.tun_write(plain)
+            self._to_tun.append(plain)
             return
         peer.core.receive_control(packet, time.time())
         self.frontend.pump(peer)

@@ -103,7 +103,7 @@ class OpenVPNUdpEndpoint:
         recvfrom = self.sock.recvfrom
         by_addr = self.by_addr
         peers = self.frontend.peer_ids.table
-        tun_write = self.gw.tun_write
+        to_tun: list[bytes] = []
         now = 0.0
         for _ in range(BATCH):
             try:
@@ -134,7 +134,7 @@ class OpenVPNUdpEndpoint:
                     self.gw.drops.drop("source address not assigned to this client", session=peer.session.id
                                        if peer.session else "")
                     continue
-                tun_write(plain)
+                to_tun.append(plain)
                 continue
             if not now:
                 now = time.time()
@@ -162,6 +162,8 @@ class OpenVPNUdpEndpoint:
                 self.frontend.pump(peer)
             elif verdict.drop_reason:
                 self.gw.drops.drop(verdict.drop_reason, remote=f"{addr[0]}:{addr[1]}")
+        if to_tun:
+            self.gw.tun_write(to_tun)
 
     def _float(self, peer: OpenVPNPeer, addr: tuple[str, int]) -> None:
         """An authenticated data packet arrived from a new address (NAT rebinding): follow it."""

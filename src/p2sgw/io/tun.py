@@ -1,8 +1,9 @@
 """TUN device: created and configured over netlink (pyroute2), queues attached with TUNSETIFF.
 
 The device is multi-queue from the start so each worker process can own one queue fd
-(IFF_MULTI_QUEUE); with one worker there is one queue. Reads and writes are whole IP packets
-(IFF_NO_PI).
+(IFF_MULTI_QUEUE); with one worker there is one queue. Reads and writes are IP packets behind a
+10-byte virtio_net_hdr (IFF_VNET_HDR, no IFF_PI): reads come complete (no offloads are enabled
+for them), writes may be GSO trains (io/gro.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
+IFF_VNET_HDR = 0x4000  # every read/write starts with a virtio_net_hdr: lets us write GSO trains (io/gro.py)
 
 T = TypeVar("T")
 
@@ -68,7 +70,8 @@ class TunDevice:
 
     def _attach_queue(self) -> int:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", self.name.encode(), IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE))
+        flags = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | IFF_VNET_HDR
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", self.name.encode(), flags))
         return fd
 
     def close(self) -> None:
