@@ -127,6 +127,8 @@ class OpenVPNUdpEndpoint:
                 if not plain:
                     if plain is None:
                         self.gw.drops.drop(peer.core.last_drop, remote=f"{addr[0]}:{addr[1]}")
+                    elif peer.core.has_events:
+                        self.frontend.pump(peer)  # an exit notification: act now, not at the next tick
                     continue
                 if addr != peer.addr:
                     self._float(peer, addr)

@@ -175,6 +175,10 @@ class OpenVPNServerSession:
     def _emit(self, event: ev.Event) -> None:
         self._events.append(event)
 
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def next_event(self) -> ev.Event | None:
         return self._events.popleft() if self._events else None
 
@@ -462,7 +466,7 @@ class OpenVPNServerSession:
                 return b""
             if is_occ_exit(plain):
                 self._emit(ev.ClientExit("client sent explicit-exit-notify"))
-                self._close_at = 0.0  # handled at the next timer
+                self._close_at = 0.0  # due at once: handle_timer closes the session
                 self._close_reason = "client exited"
                 return b""
         self.bytes_in += len(plain)
