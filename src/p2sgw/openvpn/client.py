@@ -36,6 +36,7 @@ from .keys import (
     PRE_MASTER_SIZE,
     RANDOM_SIZE,
     KeySource,
+    _write_string,
 )
 from .packets import (
     DATA_OPCODES,
@@ -54,7 +55,7 @@ from .packets import (
 from .reliable import ReliableReceiver, ReliableSender
 from .replay import ReplayWindow
 from .static_key import Key2
-from .tls import READ_CHUNK, VerifyResult, _ssl_error_text, _verify_error_string
+from .tls import TlsEndpoint, VerifyResult, _verify_error_string
 from .tls_wrap import TlsWrap, WrapError
 
 TLS_PAYLOAD_CHUNK = 1100  # same control-packet size as the server (openvpn's tls-mtu is 1250)
@@ -118,92 +119,7 @@ def build_client_context(
     return ctx
 
 
-class TlsClientEndpoint:
-    """Client side of one TLS session over memory BIOs (one per key state)."""
-
-    __slots__ = ("_conn", "established", "failed", "verify")
-
-    def __init__(self, context: SSL.Context) -> None:
-        self.verify = VerifyResult()
-        self._conn = SSL.Connection(context, None)
-        self._conn.set_app_data(self.verify)
-        self._conn.set_connect_state()
-        self.established = False
-        self.failed: str | None = None
-
-    def start(self) -> None:
-        """Produce the ClientHello (read it with records_to_send())."""
-        self._step()
-
-    def _step(self) -> None:
-        if self.established or self.failed:
-            return
-        try:
-            self._conn.do_handshake()
-            self.established = True
-        except SSL.WantReadError:
-            pass
-        except SSL.Error as exc:
-            self.failed = self.verify.error or _ssl_error_text(exc)
-
-    def receive_records(self, data: bytes) -> bytes:
-        self._conn.bio_write(data)
-        self._step()
-        if not self.established:
-            return b""
-        out = bytearray()
-        while True:
-            try:
-                chunk = self._conn.recv(READ_CHUNK)
-            except (SSL.WantReadError, SSL.ZeroReturnError):
-                break
-            except SSL.Error as exc:
-                self.failed = _ssl_error_text(exc)
-                break
-            if not chunk:
-                break
-            out += chunk
-        return bytes(out)
-
-    def send(self, plaintext: bytes) -> None:
-        self._conn.sendall(plaintext)
-
-    def records_to_send(self) -> bytes:
-        out = bytearray()
-        while True:
-            try:
-                chunk = self._conn.bio_read(READ_CHUNK)
-            except SSL.WantReadError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        return bytes(out)
-
-    def export_keying_material(self, label: bytes, length: int) -> bytes:
-        return self._conn.export_keying_material(label, length)
-
-    @property
-    def version(self) -> str:
-        return self._conn.get_protocol_version_name()
-
-    @property
-    def alive(self) -> bool:
-        return self._conn is not None
-
-    def free(self) -> None:
-        """Drop the OpenSSL connection (a retired key state keeps only its data key)."""
-        self._conn = None  # type: ignore[assignment]
-
-
 # ============================================================================ messages
-def _write_string(text: str | None) -> bytes:
-    if text is None:
-        return b"\0\0"
-    raw = text.encode() + b"\0"
-    return struct.pack("!H", len(raw)) + raw
-
-
 def build_client_key_method_2(source: KeySource, options: str, username: str | None, password: str | None,
                               peer_info: dict[str, str]) -> bytes:
     """ovpn26 key_method_2_write, client side: randoms, options, credentials (empty = none), peer-info."""
@@ -337,7 +253,7 @@ class _KeyState:
         "tls",
     )
 
-    def __init__(self, key_id: int, tls: TlsClientEndpoint, deadline: float, tls_timeout: float) -> None:
+    def __init__(self, key_id: int, tls: TlsEndpoint, deadline: float, tls_timeout: float) -> None:
         self.key_id = key_id
         self.tls = tls
         self.sender = ReliableSender(0, tls_timeout)
@@ -408,7 +324,7 @@ class OpenVPNClientSession:
         self._tick_at: float | None = None
         self._seen_in = self._seen_out = 0
         self._last_rx_progress = now
-        ks = _KeyState(0, TlsClientEndpoint(tls_context), now + hand_window, tls_timeout)
+        ks = _KeyState(0, TlsEndpoint(tls_context, server=False), now + hand_window, tls_timeout)
         self.keys[0] = ks
         ks.sender.queue(P_CONTROL_HARD_RESET_CLIENT_V2, b"")
         self._flush(now)
@@ -514,7 +430,7 @@ class OpenVPNClientSession:
         old = self.keys[key_id]
         if old is not None and old is not self.primary and self.rx_keys[key_id] is old.data_key:
             self.rx_keys[key_id] = None
-        ks = _KeyState(key_id, TlsClientEndpoint(self._tls_context), now + self.hand_window, self.tls_timeout)
+        ks = _KeyState(key_id, TlsEndpoint(self._tls_context, server=False), now + self.hand_window, self.tls_timeout)
         ks.phase = "tls"
         self.keys[key_id] = ks
         self._last_key_id = key_id

@@ -74,15 +74,36 @@ def _verify_error_string(errnum: int) -> str:
 
 
 class TlsEndpoint:
-    """Server side of one TLS session (one per OpenVPN key state)."""
+    """One TLS session (one per OpenVPN key state); the gateway's side, or a client's (load generator)."""
 
-    def __init__(self, context: SSL.Context) -> None:
+    def __init__(self, context: SSL.Context, server: bool = True) -> None:
         self.verify = VerifyResult()
         self._conn = SSL.Connection(context, None)
         self._conn.set_app_data(self.verify)
-        self._conn.set_accept_state()
+        if server:
+            self._conn.set_accept_state()
+        else:
+            self._conn.set_connect_state()
         self.established = False
         self.failed: str | None = None
+
+    def start(self) -> None:
+        """Client side: produce the ClientHello (read it with records_to_send())."""
+        try:
+            self._conn.do_handshake()
+            self.established = True
+        except SSL.WantReadError:
+            pass
+        except SSL.Error as exc:
+            self.failed = self.verify.error or _ssl_error_text(exc)
+
+    @property
+    def alive(self) -> bool:
+        return self._conn is not None
+
+    def free(self) -> None:
+        """Drop the OpenSSL connection (a retired key state keeps only its data key)."""
+        self._conn = None  # type: ignore[assignment]
 
     def receive_records(self, data: bytes) -> bytes:
         """Feed TLS records from the peer; return application plaintext now available."""
