@@ -92,7 +92,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .lab import GW_VNET_IP, VNET_IP, Lab, tail, wait_until
+from .lab import GW_VNET_IP, VNET_IP, Lab, drop_incoming, tail, undrop_incoming, wait_until
 
 SYSTEM_CONFIG = Path("/etc/freeradius/3.0")
 SECONDARY_RADIUS_IP = "10.1.0.11"
@@ -481,20 +481,12 @@ class FreeRadius:
     def silence(self) -> None:
         """Drop every packet to this server's ports in its namespace: it looks dead, not refused."""
         ports = ", ".join(str(p) for p in (self.auth_port, self.acct_port, self.coa_port) if p)
-        script = (
-            f"table ip {self._nft_table} {{\n"
-            "  chain input {\n"
-            "    type filter hook input priority 0; policy accept;\n"
-            f"    ip daddr {self.address} udp dport {{ {ports} }} drop\n"
-            "  }\n"
-            "}\n"
-        )
-        self.lab.run(self.ns, "nft", "-f", "-", input=script)
+        drop_incoming(self.lab, self.ns, self._nft_table, f"ip daddr {self.address} udp dport {{ {ports} }}")
         self._silenced = True
 
     def unsilence(self) -> None:
         if self._silenced:
-            self.lab.run(self.ns, "nft", "delete", "table", "ip", self._nft_table, check=False)
+            undrop_incoming(self.lab, self.ns, self._nft_table)
             self._silenced = False
 
     # ----------------------------------------------------------------- configuration

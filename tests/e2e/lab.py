@@ -492,6 +492,24 @@ class Lab:
             raise TimeoutError(f"{exc}\n{tail(self.workdir / 'gateway.log')}") from None
 
 
+def drop_incoming(lab: "Lab", ns: str, table: str, match: str) -> None:
+    """An nftables table in `ns` dropping incoming packets that match (`ip daddr X udp dport 1812`):
+    the service looks dead (no answer, no ICMP, no RST) rather than refusing."""
+    script = (
+        f"table ip {table} {{\n"
+        "  chain input {\n"
+        "    type filter hook input priority 0; policy accept;\n"
+        f"    {match} drop\n"
+        "  }\n"
+        "}\n"
+    )
+    lab.run(ns, "nft", "-f", "-", input=script)
+
+
+def undrop_incoming(lab: "Lab", ns: str, table: str) -> None:
+    lab.run(ns, "nft", "delete", "table", "ip", table, check=False)
+
+
 class OpenVPNClient:
     """A running openvpn client process and its management interface."""
 

@@ -100,7 +100,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .lab import CLIENT_SEGMENT, GW_CLIENT_IP, Lab, _ip, tail, wait_for_text, wait_until
+from .lab import CLIENT_SEGMENT, GW_CLIENT_IP, Lab, _ip, drop_incoming, tail, undrop_incoming, wait_for_text, wait_until
 
 IDP_DIR = Path(__file__).resolve().parent / "idp"
 IDP_SCRIPT = IDP_DIR / "idp.mjs"
@@ -553,20 +553,12 @@ class OidcProvider:
     # ----------------------------------------------------------------- failure injection
     def silence(self) -> None:
         """Drop TCP to the provider's port in its namespace: connections hang (no RST), like a dead host."""
-        script = (
-            f"table ip {self._nft_table} {{\n"
-            "  chain input {\n"
-            "    type filter hook input priority 0; policy accept;\n"
-            f"    ip daddr {self.address} tcp dport {self.port} drop\n"
-            "  }\n"
-            "}\n"
-        )
-        self.lab.run(self.ns, "nft", "-f", "-", input=script)
+        drop_incoming(self.lab, self.ns, self._nft_table, f"ip daddr {self.address} tcp dport {self.port}")
         self._silenced = True
 
     def unsilence(self) -> None:
         if self._silenced:
-            self.lab.run(self.ns, "nft", "delete", "table", "ip", self._nft_table, check=False)
+            undrop_incoming(self.lab, self.ns, self._nft_table)
             self._silenced = False
 
     # ----------------------------------------------------------------- helpers
