@@ -315,7 +315,7 @@ def test_server_initiated_renegotiation(pki, server_ctx, static_key):
     net.advance(31)
     assert net.of(net.client_events, ev.Renegotiated), net.client_events
     assert net.of(net.server_events, ev.Renegotiated)
-    assert net.client.tx_key.key_id == 1 == net.session.tx_key.key_id
+    assert net.client.tx_key.key_id == 1 == net.session.data.tx_key.key_id
     net.exchange_data()
     assert net.client.encrypt(IP_UP)[0] & 7 == 1
     # a second renegotiation 30 s later works too, and the session stays up through it
@@ -331,7 +331,7 @@ def test_client_initiated_renegotiation(pki, server_ctx, static_key):
     net.pump()
     assert net.of(net.client_events, ev.RenegotiationStarted)[0].by_client
     assert net.client.tx_key.key_id == 1
-    assert net.session.tx_key.key_id == 1
+    assert net.session.data.tx_key.key_id == 1
     net.exchange_data()
     # the old key still decrypts during the transition window (late packets)
     late = net.session.keys[0].data_key.encrypt(IP_DOWN)

@@ -1006,7 +1006,7 @@ def test_crossing_soft_resets(harness):
 def test_renegotiation_when_data_packet_ids_near_wrap(harness):
     h = harness(settings=SessionSettings(reneg_sec=0))
     h.establish()
-    h.session.tx_key.tx_packet_id = PACKET_ID_WRAP_TRIGGER
+    h.session.data.tx_key.tx_packet_id = PACKET_ID_WRAP_TRIGGER
     h.session.handle_timer(h.now + 1)
     h.exchange()
     assert [(e.key_id, e.by_client) for e in h.of(ev.RenegotiationStarted)] == [(1, False)]
@@ -1015,7 +1015,7 @@ def test_renegotiation_when_data_packet_ids_near_wrap(harness):
 def test_encrypt_at_packet_id_exhaustion_does_not_raise(harness):
     h = harness(settings=SessionSettings(reneg_sec=0))
     h.establish()
-    h.session.tx_key.tx_packet_id = 2**32 - 1  # every renegotiation attempt failed (client never answered)
+    h.session.data.tx_key.tx_packet_id = 2**32 - 1  # every renegotiation attempt failed (client never answered)
     assert h.session.encrypt(IP_DOWN) is None
 
 
@@ -1119,5 +1119,5 @@ def test_established_session_survives_garbage(harness, items):
                 h.client.handle(d)
             except (PacketError, AssertionError):
                 pass  # the test client is strict about what it expects; the server is what we test
-    if not h.session.closed and h.session.rx_keys[0] is not None:
+    if not h.session.closed and h.session.data.rx_keys[0] is not None:
         assert h.session.decrypt(key.encrypt(IP_UP)) == IP_UP

@@ -46,12 +46,15 @@ class DataKey:
         "last_error",
         "peer_id",
         "replay",
+        "spec",
         "tx_packet_id",
     )
 
     def __init__(
         self, cipher: str, key2: Key2, key_id: int, peer_id: int, server: bool = True, data_v2: bool = True
     ) -> None:
+        # what another process needs to build the same key (a data-plane worker, dataplane/)
+        self.spec = (cipher, key2.raw, key_id, peer_id, server, data_v2)
         size = _CIPHER_KEY_SIZE[cipher]
         aead = ChaCha20Poly1305 if cipher == "CHACHA20-POLY1305" else AESGCM
         tx, rx = (1, 0) if server else (0, 1)  # server = key direction INVERSE
@@ -69,6 +72,11 @@ class DataKey:
         self.tx_packet_id = 0
         self.replay = ReplayWindow(64)
         self.last_error = ""  # why the last decrypt() returned None (set on the failure path only)
+
+    @classmethod
+    def from_spec(cls, spec: tuple) -> DataKey:
+        cipher, raw, key_id, peer_id, server, data_v2 = spec
+        return cls(cipher, Key2(raw), key_id, peer_id, server, data_v2)
 
     @property
     def needs_renegotiation(self) -> bool:
@@ -111,6 +119,74 @@ class DataKey:
             return None
         self.replay.update(pid)
         return plain
+
+
+# DataChannel.stats slots: one 32-byte row per session, so it can live in shared memory
+PACKETS_IN, BYTES_IN, PACKETS_OUT, BYTES_OUT = range(4)
+
+
+def new_stats() -> memoryview:
+    return memoryview(bytearray(32)).cast("Q")
+
+
+class DataChannel:
+    """A session's data-channel keys (by key_id) and traffic counters.
+
+    Shared by the protocol core and the data-plane workers (dataplane/worker.py), so both decrypt
+    and count the same way. `stats` may be a row of a shared-memory table that the control
+    process reads for keepalive and accounting."""
+
+    __slots__ = ("exited", "last_drop", "rx_keys", "stats", "tx_key")
+
+    def __init__(self, stats: memoryview | None = None) -> None:
+        self.rx_keys: list[DataKey | None] = [None] * 8
+        self.tx_key: DataKey | None = None
+        self.stats = new_stats() if stats is None else stats
+        self.last_drop = ""
+        self.exited = False  # the client sent explicit-exit-notify on the data channel
+
+    def decrypt(self, packet: bytes) -> bytes | None:
+        """An IP packet for the TUN, b"" when consumed here (keepalive, exit notification), None
+        when dropped (`last_drop` says why)."""
+        key = self.rx_keys[packet[0] & 7]
+        if key is None:
+            self.last_drop = f"data packet for inactive key_id {packet[0] & 7}"
+            return None
+        plain = key.decrypt(packet)
+        if plain is None:
+            self.last_drop = key.last_error
+            return None
+        stats = self.stats
+        stats[PACKETS_IN] += 1
+        if len(plain) <= 17:
+            if plain == KEEPALIVE_PING:
+                return b""
+            if is_occ_exit(plain):
+                self.exited = True
+                return b""
+        stats[BYTES_IN] += len(plain)
+        return plain
+
+    def encrypt(self, ip_packet: bytes) -> bytes | None:
+        key = self.tx_key
+        if key is None:
+            return None
+        stats = self.stats
+        stats[PACKETS_OUT] += 1
+        stats[BYTES_OUT] += len(ip_packet)
+        return key.encrypt(ip_packet)
+
+    def keepalive(self) -> bytes | None:
+        """The keepalive ping, encrypted (counted as a packet out, not as bytes)."""
+        key = self.tx_key
+        if key is None:
+            return None
+        self.stats[PACKETS_OUT] += 1
+        return key.encrypt(KEEPALIVE_PING)
+
+    def clear(self) -> None:
+        self.rx_keys = [None] * 8
+        self.tx_key = None
 
 
 def is_keepalive(payload: bytes) -> bool:

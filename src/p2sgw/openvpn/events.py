@@ -81,3 +81,13 @@ class PacketDropped(Event):
 @dataclass(slots=True)
 class SessionClosed(Event):
     reason: str
+
+
+@dataclass(slots=True)
+class DataKeysChanged(Event):
+    """remote_data sessions: the data-channel key set changed; the data plane needs the new one."""
+
+
+@dataclass(slots=True)
+class KeepaliveDue(Event):
+    """remote_data sessions: nothing was sent for a ping interval; the data plane sends the ping."""

@@ -22,11 +22,13 @@ from OpenSSL import SSL
 
 from . import events as ev
 from .data_channel import (
-    KEEPALIVE_PING,
+    BYTES_IN,
+    BYTES_OUT,
+    PACKETS_IN,
+    PACKETS_OUT,
     SUPPORTED_CIPHERS,
+    DataChannel,
     DataKey,
-    is_keepalive,
-    is_occ_exit,
 )
 from .keys import (
     EKM_LABEL,
@@ -144,8 +146,10 @@ class OpenVPNServerSession:
         self._out: list[bytes] = []
         self._events: deque[ev.Event] = deque()
         self.keys: list[KeyState | None] = [None] * 8
-        self.rx_keys: list[DataKey | None] = [None] * 8  # data fast path: indexed by key_id
-        self.tx_key: DataKey | None = None
+        self.data = DataChannel()  # data fast path: keys by key_id, counters
+        # the data path runs in another process (dataplane/): key changes become events, and
+        # keepalive pings are asked for (KeepaliveDue) instead of encrypted here
+        self.remote_data = False
         self.primary: KeyState | None = None
         self._last_key_id = 0
         self._pending = _Pending()
@@ -156,7 +160,6 @@ class OpenVPNServerSession:
         self._close_at: float | None = None
         self._close_reason = ""
         # keepalive bookkeeping by counters: the data path never reads the clock
-        self.packets_in = self.packets_out = self.bytes_in = self.bytes_out = 0
         self._tick_at = now + settings.ping
         self._seen_in = self._seen_out = 0
         self._last_rx_progress = now
@@ -243,7 +246,8 @@ class OpenVPNServerSession:
     def _start_renegotiation(self, key_id: int, now: float, by_client: bool) -> KeyState:
         old = self.keys[key_id]
         if old is not None and old is not self.primary:
-            self.rx_keys[key_id] = None
+            self.data.rx_keys[key_id] = None
+            self._data_keys_changed()
         ks = self._new_key_state(key_id, now)
         self.keys[key_id] = ks
         self._last_key_id = key_id
@@ -286,7 +290,8 @@ class OpenVPNServerSession:
             # renegotiation: the client switches to the new key as soon as it has our reply, so
             # decrypt with it from now on; it becomes our sending key once re-authorized
             ks.data_key = self._derive_data_key(ks)
-            self.rx_keys[ks.key_id] = ks.data_key
+            self.data.rx_keys[ks.key_id] = ks.data_key
+            self._data_keys_changed()
         self._emit(
             ev.AuthRequest(
                 key_id=ks.key_id,
@@ -428,8 +433,9 @@ class OpenVPNServerSession:
         ks.activated_at = now
         previous = self.primary
         self.primary = ks
-        self.rx_keys[ks.key_id] = ks.data_key
-        self.tx_key = ks.data_key
+        self.data.rx_keys[ks.key_id] = ks.data_key
+        self.data.tx_key = ks.data_key
+        self._data_keys_changed()
         if previous is None:
             self._emit(ev.Established(ks.key_id, self.cipher, ks.tls.version))
         else:
@@ -450,35 +456,44 @@ class OpenVPNServerSession:
     def decrypt(self, packet: bytes) -> bytes | None:
         """Decrypt a (non-empty) data packet: an IP packet for the TUN, b"" when consumed here (keepalive,
         exit notification), None when dropped (`last_drop` says why)."""
-        key = self.rx_keys[packet[0] & 7]
-        if key is None:
-            self.drops += 1
-            self.last_drop = f"data packet for inactive key_id {packet[0] & 7}"
-            return None
-        plain = key.decrypt(packet)
+        plain = self.data.decrypt(packet)
         if plain is None:
             self.drops += 1
-            self.last_drop = key.last_error
-            return None
-        self.packets_in += 1
-        if len(plain) <= 17:
-            if is_keepalive(plain):
-                return b""
-            if is_occ_exit(plain):
-                self._emit(ev.ClientExit("client sent explicit-exit-notify"))
-                self._close_at = 0.0  # due at once: handle_timer closes the session
-                self._close_reason = "client exited"
-                return b""
-        self.bytes_in += len(plain)
+            self.last_drop = self.data.last_drop
+        elif not plain and self.data.exited:
+            self.client_exited()
         return plain
 
     def encrypt(self, ip_packet: bytes) -> bytes | None:
-        key = self.tx_key
-        if key is None:
-            return None
-        self.packets_out += 1
-        self.bytes_out += len(ip_packet)
-        return key.encrypt(ip_packet)
+        return self.data.encrypt(ip_packet)
+
+    def client_exited(self) -> None:
+        """explicit-exit-notify seen on the data channel (here or by a data-plane worker)."""
+        if self.closed or self._close_reason == "client exited":
+            return
+        self._emit(ev.ClientExit("client sent explicit-exit-notify"))
+        self._close_at = 0.0  # due at once: handle_timer closes the session
+        self._close_reason = "client exited"
+
+    @property
+    def packets_in(self) -> int:
+        return self.data.stats[PACKETS_IN]
+
+    @property
+    def packets_out(self) -> int:
+        return self.data.stats[PACKETS_OUT]
+
+    @property
+    def bytes_in(self) -> int:
+        return self.data.stats[BYTES_IN]
+
+    @property
+    def bytes_out(self) -> int:
+        return self.data.stats[BYTES_OUT]
+
+    def _data_keys_changed(self) -> None:
+        if self.remote_data:
+            self._emit(ev.DataKeysChanged())
 
     # ------------------------------------------------------------------ timers and shutdown
     def timer(self) -> float | None:
@@ -522,7 +537,7 @@ class OpenVPNServerSession:
             and self.settings.reneg_sec
             and now >= self.primary.activated_at + self.settings.reneg_sec
             and not self._renegotiating()
-        ) or (self.tx_key is not None and self.tx_key.needs_renegotiation and not self._renegotiating()):
+        ) or (self.data.tx_key is not None and self.data.tx_key.needs_renegotiation and not self._renegotiating()):
             key_id = self._last_key_id % 7 + 1  # 1..7, never back to 0
             self._start_renegotiation(key_id, now, by_client=False)
         self._flush(now)
@@ -532,8 +547,9 @@ class OpenVPNServerSession:
                    for ks in self.keys)
 
     def _retire(self, ks: KeyState) -> None:
-        if self.rx_keys[ks.key_id] is ks.data_key:
-            self.rx_keys[ks.key_id] = None
+        if self.data.rx_keys[ks.key_id] is ks.data_key:
+            self.data.rx_keys[ks.key_id] = None
+            self._data_keys_changed()
         self.keys[ks.key_id] = None
 
     def _keepalive_tick(self, now: float) -> None:
@@ -544,11 +560,13 @@ class OpenVPNServerSession:
         elif now - self._last_rx_progress >= 2 * self.settings.ping_restart and self.primary is not None:
             self._close(now, f"no traffic for {2 * self.settings.ping_restart} s (ping-restart)", linger=False)
             return
-        if self.packets_out == self._seen_out and self.tx_key is not None:
-            ping = self.tx_key.encrypt(KEEPALIVE_PING)
-            if ping is not None:
-                self._out.append(ping)
-                self.packets_out += 1
+        if self.packets_out == self._seen_out and self.data.tx_key is not None:
+            if self.remote_data:
+                self._emit(ev.KeepaliveDue())
+            else:
+                ping = self.data.keepalive()
+                if ping is not None:
+                    self._out.append(ping)
         self._seen_out = self.packets_out
 
     def disconnect(self, now: float, message: str = "RESTART") -> None:
@@ -588,8 +606,8 @@ class OpenVPNServerSession:
                 self._close_reason = reason
             return
         self.closed = True
-        self.tx_key = None
-        self.rx_keys = [None] * 8
+        self.data.clear()
+        self._data_keys_changed()
         self._emit(ev.SessionClosed(reason or self._close_reason))
 
     # ------------------------------------------------------------------ output
