@@ -180,6 +180,9 @@ class GatewayConfig(_Model):
     vpn_client_root_certificates: list[TrustedRoot] = Field(default_factory=list)
     vpn_client_revoked_certificates: list[RevokedCertificate] = Field(default_factory=list)
     database_url: str = ""  # empty: SQLite file in the state directory
+    # Data-plane worker processes for UDP sessions (dataplane/): -1 = one per CPU core, 0 = none
+    # (the control process moves every packet itself)
+    data_workers: int = Field(-1, ge=-1, le=64)
     log_level: str = "info"
     openvpn: OpenVPNSettings = Field(default_factory=OpenVPNSettings)
     radius: RadiusSettings = Field(default_factory=RadiusSettings)

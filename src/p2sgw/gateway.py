@@ -1,8 +1,8 @@
 """Wires the gateway together: config, PKI, store, address pool, auth, TUN, listeners, control socket.
 
-One process today; the data path is written so that worker processes (one TUN queue, one
-SO_REUSEPORT socket and one slice of the pool each) can take over without rewriting it
-(docs/dataplane.md).
+This is the control process. UDP sessions' data channels are served by data-plane worker
+processes (dataplane/, one per core by default), each with its own SO_REUSEPORT socket and TUN
+queue; TCP sessions and P_DATA_V1 clients are served here (docs/dataplane.md).
 """
 
 from __future__ import annotations
@@ -28,15 +28,17 @@ from .auth.service import AuthService
 from .auth.tokens import AuthTokens
 from .config import CONFIG_NAME, GatewayConfig, load_config
 from .control import start_control_server
+from .dataplane.path import deliver, read_datagram_batch, read_tun_batch, write_tun
+from .dataplane.steering import reuseport_group
+from .dataplane.supervisor import MAIN, DataWorkers, default_worker_count
 from .frontends.openvpn import OpenVPNFrontend, OpenVPNPeer
 from .io.openvpn_tcp import OpenVPNTcpConnection
 from .io.openvpn_udp import OpenVPNUdpEndpoint
 from .io.radius import AsyncRadiusClient, DynamicAuthorizationServer
-from .io.gro import VNET_HDR_LEN, write_coalesced
 from .io.tcp_listener import SharedTcpListener
 from .io.timers import TimerHeap
 from .io.tun import TunDevice, ip_forwarding_enabled
-from .logs import DropCounter, log, setup_logging, warn
+from .logs import DropCounter, log, log_loop_exceptions, setup_logging, warn
 from .openvpn.session import SessionSettings
 from .openvpn.static_key import parse_static_key
 from .openvpn.tls import build_server_context
@@ -50,7 +52,6 @@ from .web.app import WebEndpoint
 from .web.signin import SignInBroker
 
 CONFIG_POLL_INTERVAL = 1.0
-TUN_BATCH = 64
 
 
 class Gateway:
@@ -86,6 +87,8 @@ class Gateway:
         self._tcp: dict[OpenVPNPeer, OpenVPNTcpConnection] = {}
         self.tun: TunDevice | None = None
         self.udp: OpenVPNUdpEndpoint | None = None
+        self.workers: DataWorkers | None = None
+        self.worker_count = self._worker_count()
         self.tcp_listeners: list[SharedTcpListener] = []
         self.signins = SignInBroker()
         self.oidc = OidcProvider(self.config.oidc, self.config.oidc_redirect_uri()) \
@@ -154,13 +157,19 @@ class Gateway:
         return build_server_context(cert, key, [self.pki.ca_certificate()], self._trusted_roots(),
                                     require_client_certificate=self.auth.requires_client_certificate())
 
+    def _worker_count(self) -> int:
+        ovpn = self.config.openvpn
+        if not (ovpn.enabled and ovpn.udp_port):
+            return 0  # workers serve UDP sessions only
+        return default_worker_count() if self.config.data_workers < 0 else self.config.data_workers
+
     def open_tun(self) -> None:
         """Netlink set-up runs before the event loop starts (pyroute2 cannot run inside it)."""
         ovpn = self.config.openvpn
         gateway_ifaces = [
             ipaddress.ip_interface(f"{net.network_address + 1}/{net.prefixlen}") for net in self.policy.pool_networks()
         ]
-        self.tun = TunDevice(ovpn.tun_name, ovpn.tun_mtu, gateway_ifaces)
+        self.tun = TunDevice(ovpn.tun_name, ovpn.tun_mtu, gateway_ifaces, queues=self.worker_count + 1)
 
     def close_tun(self) -> None:
         if self.tun is not None:
@@ -174,8 +183,15 @@ class Gateway:
         if not ip_forwarding_enabled():
             warn("ip_forward.disabled", hint="sysctl -w net.ipv4.ip_forward=1 so tunnels reach the VNet")
         if ovpn.enabled and ovpn.udp_port:
-            self.udp = OpenVPNUdpEndpoint(self, self.frontend, ovpn.listen, ovpn.udp_port)
-            log("listen", protocol="openvpn-udp", address=f"{ovpn.listen}:{ovpn.udp_port}")
+            socks = reuseport_group(ovpn.listen, ovpn.udp_port, self.worker_count)
+            self.udp = OpenVPNUdpEndpoint(self, self.frontend, socks[MAIN])
+            log("listen", protocol="openvpn-udp", address=f"{ovpn.listen}:{ovpn.udp_port}",
+                data_workers=self.worker_count)
+            if self.worker_count:
+                self.workers = DataWorkers(self.loop, self.worker_count, socks, self.tun.fds, self.drops,
+                                           self.config.log_level, self._client_exited, self.udp.follow)
+                self.workers.start()
+                self.loop.add_reader(self.workers.forward_in.fileno(), self._forwarded)
         web = self.config.web
         if web.enabled:
             await self.web.start()
@@ -203,38 +219,21 @@ class Gateway:
 
     # ---------------------------------------------------------------- data path
     def tun_write(self, packets: list[bytes]) -> None:
-        """Decrypted packets from clients, in arrival order: TCP trains go in as GSO writes."""
-        try:
-            write_coalesced(self._tun_fd, packets)
-        except (BlockingIOError, InterruptedError):
-            self.drops.drop("tun queue full")
-        except OSError as exc:
-            self.drops.drop(f"tun write failed: {exc.strerror}")
+        write_tun(self._tun_fd, packets, self.drops)
 
     def _tun_readable(self) -> None:
-        """Drain the TUN queue, encrypt, and hand each client its packets as one batch: a UDP
-        client gets them in few sendmsg calls (UDP GSO), a TCP client in one write."""
-        read = os.read
-        fd = self._tun_fd
-        routes = self.routes
-        batches: dict[OpenVPNPeer, list[bytes]] = {}
-        for _ in range(TUN_BATCH):
-            try:
-                packet = read(fd, 65546)
-            except (BlockingIOError, InterruptedError):
-                break
-            peer = routes.get(packet[26:30])  # IPv4 destination, after the 10-byte virtio_net_hdr
-            if peer is None:
-                continue  # not for a client (e.g. the kernel probing the pool): nothing to do
-            encrypted = peer.core.encrypt(memoryview(packet)[VNET_HDR_LEN:])
-            if encrypted is not None:
-                batch = batches.get(peer)
-                if batch is None:
-                    batches[peer] = [encrypted]
-                else:
-                    batch.append(encrypted)
-        for peer, batch in batches.items():
-            peer.send_many(batch)
+        """Drain this process's TUN queue: packets for sessions served here are encrypted and sent,
+        those of a worker's sessions forwarded to it."""
+        deliver(read_tun_batch(self._tun_fd), self.routes, self.workers.forward if self.workers else None)
+
+    def _forwarded(self) -> None:
+        """Packets a worker's TUN queue received for sessions served here (TCP, P_DATA_V1)."""
+        assert self.workers is not None
+        deliver(read_datagram_batch(self.workers.forward_in), self.routes, None)
+
+    def _client_exited(self, peer: OpenVPNPeer) -> None:
+        peer.core.client_exited()
+        self.frontend.pump(peer)
 
     @property
     def _tun_fd(self) -> int:
@@ -263,6 +262,8 @@ class Gateway:
         self.registry.add(session)
         assert session.virtual_ip is not None
         self.routes[session.virtual_ip.packed] = peer
+        if self.workers is not None:
+            self.workers.route(session.virtual_ip.packed, MAIN)  # until (unless) a worker takes it over
         if result.session_timeout:
             self._set_session_timeout(session, result.session_timeout)
         if self.accounting is not None:
@@ -294,6 +295,8 @@ class Gateway:
         self.registry.remove(session)
         if vip_bytes is not None and self.routes.get(vip_bytes) is session.tunnel:
             del self.routes[vip_bytes]
+            if self.workers is not None:
+                self.workers.unroute(vip_bytes)
         timer = self._session_timers.pop(session.id, None)
         if timer is not None:
             timer.cancel()
@@ -416,6 +419,9 @@ class Gateway:
         deadline = time.time() + 2.0
         while self.frontend.peers and time.time() < deadline:
             await asyncio.sleep(0.05)
+        if self.workers is not None:
+            await self.workers.stop()
+            self.loop.remove_reader(self.workers.forward_in.fileno())
         if self.udp is not None:
             self.udp.close()
         if self.control_server is not None:
@@ -464,6 +470,7 @@ def run_gateway(state_dir: Path) -> int:
     except ImportError:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    log_loop_exceptions(loop)
     gateway = None
     try:
         gateway = Gateway(state_dir, loop)

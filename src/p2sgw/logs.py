@@ -50,6 +50,16 @@ def error(event: str, **fields: object) -> None:
     log(event, logging.ERROR, **fields)
 
 
+def log_loop_exceptions(loop) -> None:
+    """Errors escaping a callback (a reader, a timer) go to our log, not to an unconfigured logger."""
+
+    def handler(loop, context: dict) -> None:
+        exc = context.get("exception")
+        error("loop.exception", message=context.get("message", ""), exception=repr(exc) if exc else "")
+
+    loop.set_exception_handler(handler)
+
+
 class DropCounter:
     """Counts dropped packets by reason: the first of a reason is logged at once (with its
     details), later ones only as a count in a summary line per interval."""

@@ -37,7 +37,9 @@ class OpenVPNPeer:
         "challenge",
         "closed",
         "core",
+        "encrypt",
         "frontend",
+        "owner",
         "pending_sign_in",
         "protocol",
         "send",
@@ -55,6 +57,8 @@ class OpenVPNPeer:
         self.addr = addr
         self.send = send  # transmits one OpenVPN packet to this client
         self.send_many: Callable[[list[bytes]], None] = self._send_each  # adapters may do better
+        self.encrypt = core.encrypt
+        self.owner: int | None = None  # the data worker serving its data channel; None: this process
         self.session: Session | None = None
         self.vip_bytes: bytes | None = None
         self.closed = False
@@ -164,6 +168,8 @@ class OpenVPNFrontend:
             self.gw.signins.cancel(peer.pending_sign_in)
         self.gw.timers.cancel(peer)
         self.peers.discard(peer)
+        if peer.owner is not None:
+            self.gw.workers.release(peer)
         self.peer_ids.release(peer.core.peer_id)
         self.gw.transports_forget(peer)
         if peer.session is not None:
@@ -176,9 +182,17 @@ class OpenVPNFrontend:
             self._spawn(peer, event.key_id, self._authenticate(peer, event))
         elif isinstance(event, ev.ChallengeResponse):
             self._answer(peer, event)
+        elif isinstance(event, ev.KeepaliveDue):
+            self.gw.workers.ping(peer)
+        elif isinstance(event, ev.DataKeysChanged):
+            if peer.owner is not None:
+                self.gw.workers.keys_changed(peer)
         elif isinstance(event, ev.Established):
+            workers = self.gw.workers
+            if workers is not None and workers.can_serve(peer):
+                workers.hand_over(peer)
             log("openvpn.established", session=sid, identity=peer.session.identity if peer.session else "",
-                cipher=event.cipher, tls=event.tls_version, remote=peer.remote)
+                cipher=event.cipher, tls=event.tls_version, remote=peer.remote, worker=peer.owner or 0)
         elif isinstance(event, ev.RenegotiationStarted):
             log("openvpn.renegotiation", session=sid, key_id=event.key_id, by_client=event.by_client)
         elif isinstance(event, ev.Renegotiated):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..logs import log
+from ..logs import DropCounter, log
 from ..openvpn.packets import P_CONTROL_HARD_RESET_CLIENT_V2, P_DATA_V1, P_DATA_V2
 
 if TYPE_CHECKING:
@@ -26,74 +27,73 @@ GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 
 
+class DatagramSender:
+    """Sends a client's datagrams in as few syscalls as the kernel allows: runs of equal-size
+    datagrams (the last may be shorter) go out as one UDP GSO send (UDP_SEGMENT)."""
+
+    def __init__(self, sock: socket.socket, drops: DropCounter) -> None:
+        self.sock = sock
+        self.drops = drops
+        self.gso = True  # UDP generic segmentation offload, until the kernel says no
+
+    def send(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(datagram, addr)
+        except (BlockingIOError, InterruptedError):
+            self.drops.drop("udp send buffer full")
+        except OSError as exc:
+            self.drops.drop(f"udp send failed: {exc.strerror}")
+
+    def send_many(self, packets: list[bytes], addr: tuple[str, int]) -> None:
+        if len(packets) == 1 or not self.gso:
+            for packet in packets:
+                self.send(packet, addr)
+            return
+        start, count = 0, len(packets)
+        while start < count:
+            size = len(packets[start])
+            end, total = start + 1, size
+            while (end < count and end - start < GSO_MAX_SEGMENTS and total + size <= GSO_MAX_BYTES
+                   and len(packets[end - 1]) == size and len(packets[end]) <= size):
+                total += len(packets[end])
+                end += 1
+            if end - start == 1:
+                self.send(packets[start], addr)
+            else:
+                self._send_gso(packets[start:end], size, addr)
+            start = end
+
+    def _send_gso(self, run: list[bytes], size: int, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendmsg([b"".join(run)], [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))], 0, addr)
+        except (BlockingIOError, InterruptedError):
+            self.drops.drop("udp send buffer full")
+        except OSError as exc:  # no GSO here (old kernel, odd route): one datagram per send from now on
+            self.gso = False
+            self.drops.drop(f"udp GSO send failed ({exc.strerror}): falling back to one datagram per send")
+            for packet in run:
+                self.send(packet, addr)
+
+
 class OpenVPNUdpEndpoint:
-    def __init__(self, gateway: Gateway, frontend: OpenVPNFrontend, host: str, port: int) -> None:
+    """The control process's UDP socket: every control packet, and the data packets of sessions
+    served here (one process, or P_DATA_V1 clients when data workers run)."""
+
+    def __init__(self, gateway: Gateway, frontend: OpenVPNFrontend, sock: socket.socket) -> None:
         self.gw = gateway
         self.frontend = frontend
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # one socket per worker, later
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        self.sock.bind((host, port))
-        self.sock.setblocking(False)
+        self.sock = sock
+        self.sender = DatagramSender(sock, gateway.drops)
         self.by_addr: dict[tuple[str, int], OpenVPNPeer] = {}
-        self.gso = True  # UDP generic segmentation offload, until the kernel says no
         gateway.loop.add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
         self.gw.loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
-    def sender(self, addr_holder: OpenVPNPeer):
-        sendto = self.sock.sendto
-
-        def send(datagram: bytes) -> None:
-            try:
-                sendto(datagram, addr_holder.addr)
-            except (BlockingIOError, InterruptedError):
-                self.gw.drops.drop("udp send buffer full")
-            except OSError as exc:
-                self.gw.drops.drop(f"udp send failed: {exc.strerror}")
-
-        return send
-
-    def batch_sender(self, peer: OpenVPNPeer):
-        """Send a client's packets in as few syscalls as the kernel allows: runs of equal-size
-        datagrams (the last may be shorter) go out as one UDP GSO send (UDP_SEGMENT)."""
-        sock = self.sock
-
-        def send_many(packets: list[bytes]) -> None:
-            if len(packets) == 1 or not self.gso:
-                for packet in packets:
-                    peer.send(packet)
-                return
-            start, count = 0, len(packets)
-            while start < count:
-                size = len(packets[start])
-                end, total = start + 1, size
-                while (end < count and end - start < GSO_MAX_SEGMENTS and total + size <= GSO_MAX_BYTES
-                       and len(packets[end - 1]) == size and len(packets[end]) <= size):
-                    total += len(packets[end])
-                    end += 1
-                if end - start == 1:
-                    peer.send(packets[start])
-                else:
-                    self._send_gso(sock, packets[start:end], size, peer)
-                start = end
-
-        return send_many
-
-    def _send_gso(self, sock: socket.socket, run: list[bytes], size: int, peer: OpenVPNPeer) -> None:
-        try:
-            sock.sendmsg([b"".join(run)], [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))], 0, peer.addr)
-        except (BlockingIOError, InterruptedError):
-            self.gw.drops.drop("udp send buffer full")
-        except OSError as exc:  # no GSO here (old kernel, odd route): one datagram per send from now on
-            self.gso = False
-            self.gw.drops.drop(f"udp GSO send failed ({exc.strerror}): falling back to one datagram per send")
-            for packet in run:
-                peer.send(packet)
+    def sender_for(self, peer: OpenVPNPeer) -> tuple[Callable[[bytes], None], Callable[[list[bytes]], None]]:
+        send, send_many = self.sender.send, self.sender.send_many
+        return (lambda datagram: send(datagram, peer.addr)), (lambda packets: send_many(packets, peer.addr))
 
     def forget(self, peer: OpenVPNPeer) -> None:
         if self.by_addr.get(peer.addr) is peer:
@@ -131,7 +131,7 @@ class OpenVPNUdpEndpoint:
                         self.frontend.pump(peer)  # an exit notification: act now, not at the next tick
                     continue
                 if addr != peer.addr:
-                    self._float(peer, addr)
+                    self.follow(peer, addr)
                 if plain[12:16] != peer.vip_bytes:
                     self.gw.drops.drop("source address not assigned to this client", session=peer.session.id
                                        if peer.session else "")
@@ -158,8 +158,7 @@ class OpenVPNUdpEndpoint:
                 if old is not None:
                     old.abandon("the client restarted from the same address")
                 peer = self.frontend.add_peer(verdict.session, "openvpn-udp", addr, None)  # type: ignore[arg-type]
-                peer.send = self.sender(peer)
-                peer.send_many = self.batch_sender(peer)
+                peer.send, peer.send_many = self.sender_for(peer)
                 by_addr[addr] = peer
                 self.frontend.pump(peer)
             elif verdict.drop_reason:
@@ -167,7 +166,7 @@ class OpenVPNUdpEndpoint:
         if to_tun:
             self.gw.tun_write(to_tun)
 
-    def _float(self, peer: OpenVPNPeer, addr: tuple[str, int]) -> None:
+    def follow(self, peer: OpenVPNPeer, addr: tuple[str, int]) -> None:
         """An authenticated data packet arrived from a new address (NAT rebinding): follow it."""
         old = peer.addr
         if by_old := self.by_addr.get(old):
