@@ -1,10 +1,12 @@
-"""Load generator: thousands of concurrent OpenVPN sessions against p2sgw in the namespace lab (issue 6, "Scale").
+"""Load generator: thousands of concurrent OpenVPN sessions against p2sgw or openvpn in the namespace lab (issue 6).
 
-    sudo .venv/bin/python bench/loadgen.py --sessions 10000 --duration 300 [--rate 500] [--json FILE]
+    sudo .venv/bin/python bench/loadgen.py --sessions 10000 --duration 300 [--target openvpn] [--json FILE]
 
-Builds a lab (one client namespace), initialises and starts the gateway through its CLI (pool
-172.16.0.0/16, keepalive 10/60), issues ONE client certificate, then runs `--workers` load
-processes inside the client namespace. Each opens its share of the sessions, one connected UDP
+Builds a lab (one client namespace) and starts the server under load: p2sgw through its CLI (pool
+172.16.0.0/16), or with `--target openvpn` the reference openvpn 2.6 server (bench/reference_openvpn.py,
+pool 172.17.0.0/16, duplicate-cn, max-clients above --sessions, verb 1). Both: UDP, AES-256-GCM, tls-crypt,
+EC certificates, keepalive 10/60, ONE client certificate. Then it runs `--workers` load processes
+inside the client namespace. Each opens its share of the sessions, one connected UDP
 socket (one source port) per session, with the project's own sans-I/O client core
 (p2sgw.openvpn.client): ramp-up at `--rate` sessions/s overall with at most `--max-pending`
 handshakes in flight per worker, keepalive pings (the pushed `ping 10`), and every
@@ -13,9 +15,10 @@ host 10.1.0.10, whose replies are counted. The hold phase of `--duration` second
 every session is up (or has failed for good); sessions are expected to stay up all through it.
 
 Reports: sessions established, handshakes/s (overall and peak over 1 s and 5 s), handshake
-latency, gateway RSS before / at the end of the hold / per session, sessions dropped (with
+latency, server RSS before / at the end of the hold / per session, sessions dropped (with
 reasons), echo replies received / sent, gateway and load-generator CPU seconds, kernel UDP drop
-counters, and warnings the gateway logged.
+counters, and warnings the server logged. "Gateway" figures (CPU, RSS) are summed over the server
+process and all its descendants, sampled each time.
 """
 
 from __future__ import annotations
@@ -36,35 +39,84 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-POOL = "172.16.0.0/16"
 VNET_HOST = "10.1.0.10"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 RECV_BATCH = 32
 ECHO_STOP_BEFORE_END = 5.0  # no new echoes in the last seconds: their replies can still arrive
+EXIT_BATCH, EXIT_PAUSE = 100, 0.05  # leave at 2,000 sessions/s per worker: one burst overflows a server's UDP buffer
 
 
 # =====================================================================================================
-# process figures (/proc)
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+# process figures (/proc), always over a whole process tree: the gateway may run worker processes
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants right now (/proc/<pid>/task/*/children, recursively)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += (int(child) for child in children.read_text().split())
+            except OSError:  # the thread or the process went away meanwhile
+                pass
+    return pids
 
 
-def rss_kib(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
-
-
-def context_switches(pid: int) -> int:
+def _tree_sum(pid: int, one) -> int | float:
     total = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-            total += int(line.split()[1])
+    for member in process_tree(pid):
+        try:
+            total += one(member)
+        except (OSError, ValueError, IndexError):  # exited between the listing and the read
+            pass
     return total
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime: reaped children count too
+
+
+def _rss_pages(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+
+
+def _switches(pid: int) -> int:
+    return sum(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of `pid` and all its descendants, living or reaped."""
+    return _tree_sum(pid, _cpu_ticks) / CLK_TCK
+
+
+def tree_rss_kib(pid: int) -> int:
+    """RSS of `pid` plus all its descendants' (pages shared between them count once per process)."""
+    return _tree_sum(pid, _rss_pages) * PAGE_KIB
+
+
+def _pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def tree_pss_kib(pid: int) -> int:
+    """Proportional set size of the tree: unlike RSS, pages the processes share (libraries) count once overall."""
+    return _tree_sum(pid, _pss_kib)
+
+
+def tree_context_switches(pid: int) -> int:
+    return _tree_sum(pid, _switches)
 
 
 def system_cpu() -> tuple[float, float]:
@@ -406,6 +458,8 @@ class LoadWorker:
                         slot.sock.send(datagram)
                     except OSError:
                         pass
+                if slot.idx % EXIT_BATCH == 0:
+                    time.sleep(EXIT_PAUSE)
             self.end_socket(slot)
         if not final_sent:
             self.report(now, final=True)
@@ -420,7 +474,7 @@ def worker_main(config_path: str) -> int:
 
 
 # =====================================================================================================
-# parent: lab, gateway, workers, figures
+# parent: lab, servers, workers, figures
 def read_lines(proc: subprocess.Popen, out: queue.Queue, index: int) -> None:
     for line in proc.stdout:
         try:
@@ -464,79 +518,140 @@ def gateway_log_summary(text: str) -> dict:
             "dropped_packets_in_summaries": dict(drop_summary.most_common(20)), "samples": samples}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sessions", type=int, default=1000)
-    parser.add_argument("--duration", type=float, default=60, help="hold phase in seconds, after ramp-up")
-    parser.add_argument("--rate", type=float, default=0, help="target new sessions/s overall (0 = as fast as "
-                        "the gateway answers, bounded by --max-pending)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--max-pending", type=int, default=16, help="handshakes in flight per worker")
-    parser.add_argument("--retries", type=int, default=3, help="reconnects of a session whose handshake failed")
-    parser.add_argument("--echo-interval", type=float, default=30)
-    parser.add_argument("--hand-window", type=float, default=60, help="client-side handshake timeout (s)")
-    parser.add_argument("--gateway-reset-rate", type=int, default=100000,
-                        help="gateway max_handshakes_per_second (its default 200 would cap the ramp)")
-    parser.add_argument("--ramp-timeout", type=float, default=0, help="give up waiting for the ramp after this "
-                        "many seconds (default: sessions / 20 + 120)")
-    parser.add_argument("--profile", action="store_true", help="py-spy the gateway and worker 0 during ramp-up "
-                        "(collapsed stacks in the workdir, top functions in the report)")
-    parser.add_argument("--src", type=Path, default=None, help="run the gateway (CLI, serve) and the workers from "
-                        "this source tree instead of the checkout's src/ (e.g. a `git archive` snapshot, so that "
-                        "edits in the working tree cannot change a long run half-way)")
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--worker", metavar="CONFIG", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return worker_main(args.worker)
+def openvpn_log_summary(text: str) -> dict:
+    """openvpn's log after start-up, by message with numbers masked (at verb 1 it logs little but problems)."""
+    counts: collections.Counter[str] = collections.Counter()
+    samples: dict[str, str] = {}
+    started = False
+    for line in text.splitlines():
+        message = line[20:] if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) else line
+        if not started:
+            started = "Initialization Sequence Completed" in message
+            continue
+        key = re.sub(r"\d+", "N", message)[:160]
+        counts[key] += 1
+        samples.setdefault(key, line[:400])
+    return {"messages": dict(counts.most_common(30)), "samples": samples}
 
-    sys.path[:0] = [str(REPO / "tests")]
-    from e2e.gateway_fixture import init_gateway
-    from e2e.lab import Lab
 
-    nofile = raise_nofile(max(65536, args.sessions + 4096))  # inherited by the gateway and the workers
-    workdir = args.workdir or Path(f"/tmp/p2sgw-loadgen-{os.getpid()}")
+# =====================================================================================================
+# the server under load: p2sgw or the reference openvpn, behind one interface
+P2SGW_POOL = "172.16.0.0/16"
+OPENVPN_POOL = "172.17.0.0/16"  # its own /16, so both servers can share a lab
+LOADGEN_CLIENT = "loadgen"  # the one certificate every p2sgw load session presents
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """One load run; the defaults are the command line's."""
+
+    sessions: int = 1000
+    duration: float = 60  # hold, after the ramp-up
+    rate: float = 0
+    workers: int = os.cpu_count() or 2
+    max_pending: int = 16
+    retries: int = 3
+    echo_interval: float = 30
+    hand_window: float = 60
+    ramp_timeout: float = 0
+    forget_timeout: float = 30  # how long to wait for the server to drop the sessions that left
+    profile: bool = False
+
+
+@dataclass
+class Target:
+    """What the load phase needs of a server: its address, credentials, process tree and session count."""
+
+    name: str
+    process: subprocess.Popen  # root of the server's process tree
+    address: tuple[str, int]
+    credentials: dict[str, str]  # PEM files: ca, cert, key, tls_crypt
+    count_sessions: Callable[[], int]
+    log_summary: Callable[[], dict]
+    python: bool  # py-spy can profile it
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def sessions(self) -> int | str:
+        try:
+            return self.count_sessions()
+        except (OSError, ValueError, KeyError) as exc:
+            return f"error: {exc}"
+
+
+def prepare_p2sgw(gw, reset_rate: int = 100000) -> None:
+    """Before `gw.start()`: keepalive 10/60, a handshake rate cap that does not cap the ramp, the load certificate."""
+    gw.edit_config(openvpn__keepalive_interval=10, openvpn__keepalive_timeout=60,
+                   openvpn__max_handshakes_per_second=reset_rate)
+    gw.cli("client", "issue", LOADGEN_CLIENT)
+
+
+def p2sgw_target(lab, gw) -> Target:
+    pki = gw.state_dir / "pki"
+    credentials = {"ca": pki / "ca.crt", "cert": pki / "clients" / f"{LOADGEN_CLIENT}.crt",
+                   "key": pki / "clients" / f"{LOADGEN_CLIENT}.key", "tls_crypt": pki / "tls-crypt.key"}
+    return Target(
+        "p2sgw", gw.process, (lab.gw_client_ip, 1194), {k: str(v) for k, v in credentials.items()},
+        lambda: len(lab.gateway_control(gw.state_dir, {"op": "sessions"}, timeout=60)["sessions"]),
+        lambda: gateway_log_summary(gw.log_text()), python=True,
+    )
+
+
+def start_openvpn(lab, directory: Path, sessions: int):
+    """The reference openvpn 2.6 for a load run: UDP, AES-256-GCM, tls-crypt, EC certificates, keepalive 10/60.
+
+    max-clients has room above `sessions`: clients that left without explicit-exit-notify (bench/run.py's
+    openvpn binary) hold their slot until ping-restart, and a full server refuses new clients."""
+    from bench.reference_openvpn import many_clients_options, start_reference_server
+
+    return start_reference_server(lab, directory, "udp", pool=OPENVPN_POOL, verb=1, management=True,
+                                  extra_options=many_clients_options(sessions + 64))
+
+
+def openvpn_target(lab, server) -> Target:
+    pki = server.pki
+    credentials = {"ca": pki.ca_cert, "cert": pki.client_cert, "key": pki.client_key, "tls_crypt": pki.tls_crypt_key}
+    return Target(
+        "openvpn", server.process, (lab.gw_client_ip, server.port), {k: str(v) for k, v in credentials.items()},
+        server.client_count, lambda: openvpn_log_summary(server.log_path.read_text(errors="replace")), python=False,
+    )
+
+
+def use_source_tree(lab, src: Path | None) -> None:
+    """Run p2sgw (CLI, serve) and the load workers from `src` instead of the checkout's src/."""
+    if src is not None:
+        default_env = lab.gateway_env
+        lab.gateway_env = lambda env=None: default_env({"PYTHONPATH": str(src.resolve()), **(env or {})})
+
+
+# =====================================================================================================
+# one load run: workers in the client namespace against a running target
+def run_load(lab, target: Target, settings: LoadSettings, workdir: Path) -> dict:
+    """Connect `settings.sessions` sessions, hold them, let them leave; the figures as a dict."""
     workdir.mkdir(parents=True, exist_ok=True)
+    time.sleep(2.0)
+    pid = target.pid
+    rss_before, cpu_before, pss_before = tree_rss_kib(pid), tree_cpu_seconds(pid), tree_pss_kib(pid)
+    print(f"{target.name} pid {pid} up ({len(process_tree(pid))} processes), RSS {rss_before} KiB; lab {lab.prefix}, "
+          f"workdir {workdir}", flush=True)
+    n_workers = max(1, min(settings.workers, settings.sessions))
+    shares = [settings.sessions // n_workers + (1 if i < settings.sessions % n_workers else 0)
+              for i in range(n_workers)]
+    start_at = time.time() + 3.0
+    first = 0
+    lines: queue.Queue = queue.Queue()
     workers: list[subprocess.Popen] = []
-    report: dict = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                    "machine": {"cpus": os.cpu_count(), "platform": os.uname().release,
-                                "python": sys.version.split()[0]},
-                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
-                    "nofile_limit": nofile}
-    src = (args.src or REPO / "src").resolve()
-    report["src"] = str(src)
-    with Lab(1, workdir=workdir, pool=POOL) as lab:
-        if args.src:
-            default_env = lab.gateway_env
-            lab.gateway_env = lambda env=None: default_env({"PYTHONPATH": str(src), **(env or {})})
-        lab.add_pool_route(POOL)
-        gw = init_gateway(lab, pool=POOL)
-        gw.edit_config(openvpn__keepalive_interval=10, openvpn__keepalive_timeout=60,
-                       openvpn__max_handshakes_per_second=args.gateway_reset_rate)
-        gw.cli("client", "issue", "loadgen")
-        pki = gw.state_dir / "pki"
-        gw.start()
-        pid = gw.process.pid
-        time.sleep(2.0)
-        rss_before = rss_kib(pid)
-        cpu_before = cpu_seconds(pid)
-        print(f"gateway pid {pid} up, RSS {rss_before} KiB; lab {lab.prefix}, workdir {workdir}", flush=True)
-
-        # ------------------------------------------------------------- workers in the client namespace
-        n_workers = max(1, min(args.workers, args.sessions))
-        shares = [args.sessions // n_workers + (1 if i < args.sessions % n_workers else 0) for i in range(n_workers)]
-        start_at = time.time() + 3.0
-        first = 0
-        lines: queue.Queue = queue.Queue()
-        logs = []  # stderr files of our children, closed at the end
+    logs = []  # stderr files of our children, closed at the end
+    report: dict = {"target": target.name}
+    udp_before_exit: dict[str, int] = {}
+    try:
         for i, share in enumerate(shares):
-            cfg = {"worker": i, "sessions": share, "first_index": first, "server": lab.gw_client_ip, "port": 1194,
-                   "rate": args.rate / n_workers, "max_pending": args.max_pending, "retries": args.retries,
-                   "echo_interval": args.echo_interval, "vnet_host": VNET_HOST, "start_at": start_at,
-                   "hand_window": args.hand_window,
-                   "ca": str(pki / "ca.crt"), "cert": str(pki / "clients" / "loadgen.crt"),
-                   "key": str(pki / "clients" / "loadgen.key"), "tls_crypt": str(pki / "tls-crypt.key")}
+            cfg = {"worker": i, "sessions": share, "first_index": first, "server": target.address[0],
+                   "port": target.address[1], "rate": settings.rate / n_workers, "max_pending": settings.max_pending,
+                   "retries": settings.retries, "echo_interval": settings.echo_interval, "vnet_host": VNET_HOST,
+                   "start_at": start_at, "hand_window": settings.hand_window, **target.credentials}
             first += share
             path = workdir / f"worker-{i}.json"
             path.write_text(json.dumps(cfg))
@@ -550,48 +665,113 @@ def main() -> int:
             workers.append(proc)
             threading.Thread(target=read_lines, args=(proc, lines, i), daemon=True).start()
         profilers: list[tuple[str, subprocess.Popen, Path]] = []
-        if args.profile:
-            for name, target in (("gateway", pid), ("worker0", workers[0].pid)):
+        if settings.profile:
+            for name, profiled in (("gateway", pid if target.python else None), ("worker0", workers[0].pid)):
+                if profiled is None:
+                    continue
                 out = workdir / f"py-spy-{name}-ramp.txt"
                 logs.append(open(workdir / f"py-spy-{name}.err", "wb"))  # noqa: SIM115 (closed at the end)
                 profilers.append((name, subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(target), "--rate", "200", "--format", "raw", "--nonblocking",
+                    ["py-spy", "record", "--pid", str(profiled), "--rate", "200", "--format", "raw", "--nonblocking",
                      "-o", str(out)], stdout=subprocess.DEVNULL, stderr=logs[-1]),
                     out))
-        try:
-            report.update(_drive(args, lab, gw, pid, workers, lines, start_at, rss_before, cpu_before, profilers))
-        finally:
-            for proc in workers:
-                if proc.poll() is None:
-                    try:
-                        proc.stdin.write(json.dumps({"cmd": "exit"}) + "\n")
-                        proc.stdin.flush()
-                    except OSError:
-                        pass
-            for proc in workers:
+        report.update(_drive(settings, lab, target, workers, lines, start_at, (rss_before, pss_before, cpu_before),
+                             profilers))
+        udp_before_exit = snmp_udp(lab, "gw")
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
                 try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()  # our own child, by its pid
-                    proc.wait()
-            for handle in logs:
-                handle.close()
-        # after the clients left (explicit-exit-notify from each): how long until the gateway forgot them
-        left_at = time.time()
-        remaining: int | str = "?"
-        while time.time() - left_at < 30:
+                    proc.stdin.write(json.dumps({"cmd": "exit"}) + "\n")
+                    proc.stdin.flush()
+                except OSError:
+                    pass
+        for proc in workers:
             try:
-                remaining = len(lab.gateway_control(gw.state_dir, {"op": "sessions"}, timeout=60)["sessions"])
-            except (OSError, ValueError, KeyError) as exc:
-                remaining = f"error: {exc}"
-            if remaining == 0:
-                break
-            time.sleep(0.5)
-        report["gateway_sessions_after_exit"] = remaining
-        report["gateway_seconds_to_forget_exited_clients"] = round(time.time() - left_at, 1)
-        report["gateway_rss_after_exit_kib"] = rss_kib(pid)
-        report["gateway_log"] = gateway_log_summary(gw.log_text())
-        gw.stop()
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # our own child, by its pid
+                proc.wait()
+        for handle in logs:
+            handle.close()
+    # after the clients left (explicit-exit-notify from each): how long until the server forgot them
+    left_at = time.time()
+    remaining: int | str = "?"
+    while time.time() - left_at < settings.forget_timeout:
+        remaining = target.sessions()
+        if remaining == 0:
+            break
+        time.sleep(0.5)
+    report["gateway_sessions_after_exit"] = remaining
+    udp = snmp_udp(lab, "gw")
+    report["gateway_udp_while_clients_left"] = {k: udp.get(k, 0) - udp_before_exit.get(k, 0)
+                                                for k in ("InDatagrams", "RcvbufErrors")}
+    report["gateway_seconds_to_forget_exited_clients"] = round(time.time() - left_at, 1)
+    report["gateway_rss_after_exit_kib"] = tree_rss_kib(pid)
+    report["gateway_log"] = target.log_summary()
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", choices=("p2sgw", "openvpn"), default="p2sgw",
+                        help="the server under load: p2sgw, or the reference openvpn 2.6 server (same clients)")
+    parser.add_argument("--sessions", type=int, default=LoadSettings.sessions)
+    parser.add_argument("--duration", type=float, default=LoadSettings.duration,
+                        help="hold phase in seconds, after ramp-up")
+    parser.add_argument("--rate", type=float, default=LoadSettings.rate, help="target new sessions/s overall "
+                        "(0 = as fast as the server answers, bounded by --max-pending)")
+    parser.add_argument("--workers", type=int, default=LoadSettings.workers)
+    parser.add_argument("--max-pending", type=int, default=LoadSettings.max_pending,
+                        help="handshakes in flight per worker")
+    parser.add_argument("--retries", type=int, default=LoadSettings.retries,
+                        help="reconnects of a session whose handshake failed")
+    parser.add_argument("--echo-interval", type=float, default=LoadSettings.echo_interval)
+    parser.add_argument("--hand-window", type=float, default=LoadSettings.hand_window,
+                        help="client-side handshake timeout (s)")
+    parser.add_argument("--gateway-reset-rate", type=int, default=100000,
+                        help="p2sgw's max_handshakes_per_second (its default 200 would cap the ramp)")
+    parser.add_argument("--ramp-timeout", type=float, default=LoadSettings.ramp_timeout, help="give up waiting "
+                        "for the ramp after this many seconds (default: sessions / 20 + 120)")
+    parser.add_argument("--forget-timeout", type=float, default=LoadSettings.forget_timeout,
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway (p2sgw only) and worker 0 "
+                        "during ramp-up (collapsed stacks in the workdir, top functions in the report)")
+    parser.add_argument("--src", type=Path, default=None, help="run the gateway (CLI, serve) and the workers from "
+                        "this source tree instead of the checkout's src/ (e.g. a `git archive` snapshot, so that "
+                        "edits in the working tree cannot change a long run half-way)")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--worker", metavar="CONFIG", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker_main(args.worker)
+
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]
+    from e2e.gateway_fixture import init_gateway
+    from e2e.lab import Lab
+
+    nofile = raise_nofile(max(65536, args.sessions + 4096))  # inherited by the servers and the workers
+    workdir = args.workdir or Path(f"/tmp/p2sgw-loadgen-{os.getpid()}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = LoadSettings(**{f.name: getattr(args, f.name) for f in fields(LoadSettings)})
+    report: dict = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                    "machine": {"cpus": os.cpu_count(), "platform": os.uname().release,
+                                "python": sys.version.split()[0]},
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
+                    "nofile_limit": nofile, "src": str((args.src or REPO / "src").resolve())}
+    pool = P2SGW_POOL if args.target == "p2sgw" else OPENVPN_POOL
+    with Lab(1, workdir=workdir, pool=pool) as lab:
+        use_source_tree(lab, args.src)
+        if args.target == "p2sgw":
+            gw = init_gateway(lab, pool=pool)
+            prepare_p2sgw(gw, args.gateway_reset_rate)
+            gw.start()
+            target = p2sgw_target(lab, gw)
+        else:
+            target = openvpn_target(lab, start_openvpn(lab, workdir / "reference", args.sessions))
+        report.update(run_load(lab, target, settings, workdir))
+        lab.stop(target.process, timeout=10)
     print_report(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -629,7 +809,9 @@ def stop_profilers(profilers) -> dict:
     return tops
 
 
-def _drive(args, lab, gw, pid, workers, lines, start_at, rss_before, cpu_before, profilers=()) -> dict:
+def _drive(settings: LoadSettings, lab, target: Target, workers, lines, start_at, before, profilers=()) -> dict:
+    pid = target.pid
+    rss_before, pss_before, cpu_before = before
     n_workers = len(workers)
     latest: dict[int, dict] = {}
     finals: dict[int, dict] = {}
@@ -640,15 +822,15 @@ def _drive(args, lab, gw, pid, workers, lines, start_at, rss_before, cpu_before,
     stop_at = None
     rss_samples: list[tuple[float, int]] = []
     gw_sessions_at_end = None
-    ramp_timeout = args.ramp_timeout or args.sessions / 20 + 120
+    ramp_timeout = settings.ramp_timeout or settings.sessions / 20 + 120
     udp_before = {"gw": snmp_udp(lab, "gw"), "c0": snmp_udp(lab, "c0")}
     next_sample = time.time()
     worker_pids = [proc.pid for proc in workers]
-    last = (time.time(), cpu_seconds(pid), sum(cpu_seconds(w) for w in worker_pids), system_cpu()[0])
+    last = (time.time(), tree_cpu_seconds(pid), sum(tree_cpu_seconds(w) for w in worker_pids), system_cpu()[0])
     sys_at_start = system_cpu()[0]
     cpu_at_ramp = ctx_at_ramp = None
     profile = None
-    rss_end = cpu_end = ctx_end = t_end = None
+    rss_end = pss_end = cpu_end = ctx_end = t_end = None
     eof = set()
     while True:
         try:
@@ -668,16 +850,16 @@ def _drive(args, lab, gw, pid, workers, lines, start_at, rss_before, cpu_before,
             elif kind == "text":
                 print(f"worker {index}: {msg['text']}", flush=True)
         now = time.time()
-        if gw.process.poll() is not None:
-            raise RuntimeError(f"the gateway exited with {gw.process.returncode}")
+        if target.process.poll() is not None:
+            raise RuntimeError(f"{target.name} exited with {target.process.returncode}")
         if len(eof) == n_workers and len(finals) < n_workers:
             raise RuntimeError("the load workers exited early; see worker-*.err in the workdir")
         if now >= next_sample:
             next_sample = now + 1.0
-            rss = rss_kib(pid)
+            rss = tree_rss_kib(pid)
             rss_samples.append((now, rss))
             try:
-                sample = (now, cpu_seconds(pid), sum(cpu_seconds(w) for w in worker_pids), system_cpu()[0])
+                sample = (now, tree_cpu_seconds(pid), sum(tree_cpu_seconds(w) for w in worker_pids), system_cpu()[0])
             except OSError:
                 sample = last
             dt = (sample[0] - last[0]) or 1.0
@@ -687,7 +869,7 @@ def _drive(args, lab, gw, pid, workers, lines, start_at, rss_before, cpu_before,
             row = {"t": round(now - start_at, 1), "up": up, "pending": sum(m["pending"] for m in latest.values()),
                    "failed_attempts": sum(m["failed_attempts"] for m in latest.values()),
                    "dropped": sum(m["dropped"] for m in latest.values()),
-                   "gw_rss_kib": rss, "gw_cpu_s": round(cpu_seconds(pid) - cpu_before, 2),
+                   "gw_rss_kib": rss, "gw_cpu_s": round(tree_cpu_seconds(pid) - cpu_before, 2),
                    "echo_sent": sum(m["echo_sent"] for m in latest.values()),
                    "echo_replies": sum(m["echo_replies"] for m in latest.values()),
                    "cores_gateway": round(gw_cores, 2), "cores_loadgen": round(lg_cores, 2),
@@ -702,29 +884,26 @@ def _drive(args, lab, gw, pid, workers, lines, start_at, rss_before, cpu_before,
                 outstanding = sum(m["pending"] + m["not_started"] for m in latest.values())
                 if outstanding == 0 or now - start_at > ramp_timeout:
                     ramp_done_at = now
-                    stop_at = now + args.duration
-                    cpu_at_ramp, ctx_at_ramp = cpu_seconds(pid), context_switches(pid)
-                    lg_at_ramp, sys_at_ramp = sum(cpu_seconds(w) for w in worker_pids), system_cpu()[0]
+                    stop_at = now + settings.duration
+                    cpu_at_ramp, ctx_at_ramp = tree_cpu_seconds(pid), tree_context_switches(pid)
+                    lg_at_ramp, sys_at_ramp = sum(tree_cpu_seconds(w) for w in worker_pids), system_cpu()[0]
                     profile = stop_profilers(profilers) if profilers else None
                     established = sum(m["up"] for m in latest.values())
                     print(f"ramp-up done after {now - start_at:.1f} s: {established} sessions up; holding "
-                          f"{args.duration:.0f} s", flush=True)
+                          f"{settings.duration:.0f} s", flush=True)
                     for proc in workers:
                         proc.stdin.write(json.dumps({"cmd": "stop_at", "t": stop_at}) + "\n")
                         proc.stdin.flush()
             if stop_at is not None and gw_sessions_at_end is None and now >= stop_at - 2.0:
                 # while every session is still up: what the gateway says, and its memory
-                rss_end = rss_kib(pid)
-                try:
-                    gw_sessions_at_end = len(lab.gateway_control(gw.state_dir, {"op": "sessions"}, timeout=60)
-                                             ["sessions"])
-                except (OSError, ValueError, KeyError) as exc:
-                    gw_sessions_at_end = f"error: {exc}"
-                cpu_end, ctx_end, t_end = cpu_seconds(pid), context_switches(pid), time.time()
+                rss_end, pss_end = tree_rss_kib(pid), tree_pss_kib(pid)
+                gw_sessions_at_end = target.sessions()
+                cpu_end, ctx_end, t_end = tree_cpu_seconds(pid), tree_context_switches(pid), time.time()
         if len(finals) == n_workers:
             break
     if rss_end is None:
-        rss_end, cpu_end, ctx_end, t_end = rss_kib(pid), cpu_seconds(pid), context_switches(pid), time.time()
+        rss_end, pss_end, cpu_end = tree_rss_kib(pid), tree_pss_kib(pid), tree_cpu_seconds(pid)
+        ctx_end, t_end = tree_context_switches(pid), time.time()
     udp_after = {"gw": snmp_udp(lab, "gw"), "c0": snmp_udp(lab, "c0")}
     established = sum(f["established_total"] for f in finals.values())
     up_at_end = sum(f["up"] for f in finals.values())
@@ -749,7 +928,7 @@ def _drive(args, lab, gw, pid, workers, lines, start_at, rss_before, cpu_before,
     hold_s = t_end - ramp_done_at if ramp_done_at else float("nan")
     sessions_for_rss = up_at_end or established
     return {
-        "sessions_requested": args.sessions,
+        "sessions_requested": settings.sessions,
         "sessions_established": established,
         "sessions_up_at_end": up_at_end,
         "gateway_sessions_at_end": gw_sessions_at_end,
@@ -769,6 +948,9 @@ def _drive(args, lab, gw, pid, workers, lines, start_at, rss_before, cpu_before,
         "gateway_rss_end_kib": rss_end,
         "gateway_rss_peak_kib": max(r for _, r in rss_samples),
         "gateway_rss_per_session_kib": round((rss_end - rss_before) / sessions_for_rss, 1) if sessions_for_rss else None,
+        "gateway_pss_before_kib": pss_before,
+        "gateway_pss_end_kib": pss_end,
+        "gateway_pss_per_session_kib": round((pss_end - pss_before) / sessions_for_rss, 1) if sessions_for_rss else None,
         "gateway_cpu_s_total": round(cpu_end - cpu_before, 2),
         "gateway_cpu_s_ramp": round(cpu_at_ramp - cpu_before, 2),
         "gateway_cpu_s_hold": round(cpu_end - cpu_at_ramp, 2),
@@ -810,10 +992,13 @@ def print_report(r: dict) -> None:
         ("hold (s)", r["hold_seconds"]),
         ("gateway RSS before / end / peak (KiB)",
          f"{r['gateway_rss_before_kib']} / {r['gateway_rss_end_kib']} / {r['gateway_rss_peak_kib']}"),
-        ("gateway RSS per session (KiB)", r["gateway_rss_per_session_kib"]),
+        ("gateway RSS per session (KiB); PSS per session",
+         f"{r['gateway_rss_per_session_kib']}; {r['gateway_pss_per_session_kib']}"),
         ("gateway RSS after clients left (KiB); sessions left; seconds until then",
          (f"{r['gateway_rss_after_exit_kib']}; {r['gateway_sessions_after_exit']}; "
           f"{r['gateway_seconds_to_forget_exited_clients']}")),
+        ("gateway UDP datagrams in / receive-buffer drops while clients left",
+         " / ".join(str(r["gateway_udp_while_clients_left"].get(k)) for k in ("InDatagrams", "RcvbufErrors"))),
         ("gateway CPU s total / ramp / hold",
          f"{r['gateway_cpu_s_total']} / {r['gateway_cpu_s_ramp']} / {r['gateway_cpu_s_hold']}"),
         ("cores busy during ramp-up: gateway / load generator / whole machine", r["ramp_cores"]),
@@ -835,8 +1020,12 @@ def print_report(r: dict) -> None:
             print(f"  {share:5.1f}%  {frame}")
     log = r.get("gateway_log", {})
     if log.get("warnings"):
-        print("\ngateway warnings:")
+        print(f"\n{r.get('target', 'gateway')} warnings:")
         for key, n in log["warnings"].items():
+            print(f"  {n:6d}  {key}")
+    if log.get("messages"):
+        print(f"\n{r.get('target', 'server')} log after start-up, by message:")
+        for key, n in log["messages"].items():
             print(f"  {n:6d}  {key}")
     if log.get("closed_reasons"):
         print("gateway session-close reasons:", log["closed_reasons"])

@@ -1,14 +1,17 @@
 """A real OpenVPN 2.6 server in a lab's gateway namespace: the yardstick for benchmarks and the lab self-check.
 
-It uses its own pool (172.16.202.0/24) and ports (UDP 1195, TCP 8443) so it can run next to p2sgw in one lab.
-`lab` is a tests/e2e/lab.py `Lab` (duck-typed here so benchmarks need not import the test package).
+It uses its own pool (172.16.202.0/24 unless told otherwise) and ports (UDP 1195, TCP 8443) so it can run next
+to p2sgw in one lab. `lab` is a tests/e2e/lab.py `Lab` (duck-typed here so benchmarks need not import the test
+package).
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -46,6 +49,44 @@ class ReferenceServer:
     proto: Proto
     port: int
     log_path: Path
+    pool: str = REFERENCE_POOL
+    management_socket: Path | None = None
+
+    def management(self, command: str, timeout: float = 10) -> str:
+        """One command on the management interface; the reply up to its SUCCESS:/ERROR: line or END."""
+        if self.management_socket is None:
+            raise RuntimeError("the reference server was started without a management interface")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.management_socket))
+            sock.sendall(command.encode() + b"\n")
+            buffer = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("management interface closed the connection")
+                buffer += chunk
+                lines = [line for line in buffer.decode(errors="replace").splitlines() if not line.startswith(">")]
+                if lines and (lines[-1] == "END" or lines[-1].startswith(("SUCCESS:", "ERROR:"))) \
+                        and buffer.endswith(b"\n"):
+                    return "\n".join(lines)
+
+    def client_count(self) -> int:
+        """Clients connected right now ("load-stats", cheap even with thousands of clients)."""
+        reply = self.management("load-stats")
+        for field in reply.split(":", 1)[-1].strip().split(","):
+            name, _, value = field.partition("=")
+            if name == "nclients":
+                return int(value)
+        raise ValueError(f"no nclients in {reply!r}")
+
+
+def many_clients_options(max_clients: int) -> list[str]:
+    """Server options for a load test: lift openvpn's limits that would cap it, not tune it.
+
+    One certificate is shared by every load client (duplicate-cn); openvpn's default max-clients is
+    1024 and connect-freq-initial answers only 100 initial resets per 10 s."""
+    return [f"max-clients {max_clients}", "duplicate-cn", f"connect-freq-initial {max(1000, 10 * max_clients)} 1"]
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
@@ -126,8 +167,17 @@ def generate_pki(directory: Path) -> ReferencePKI:
     return pki
 
 
-def write_server_config(pki: ReferencePKI, path: Path, proto: Proto = "udp", port: int | None = None) -> Path:
-    network = ipaddress.ip_network(REFERENCE_POOL)
+def write_server_config(
+    pki: ReferencePKI,
+    path: Path,
+    proto: Proto = "udp",
+    port: int | None = None,
+    *,
+    pool: str = REFERENCE_POOL,
+    verb: int = 3,
+    extra_options: Sequence[str] = (),
+) -> Path:
+    network = ipaddress.ip_network(pool)
     routed = ipaddress.ip_network(ROUTED_NETWORK)
     path.write_text(
         "\n".join(
@@ -145,7 +195,8 @@ def write_server_config(pki: ReferencePKI, path: Path, proto: Proto = "udp", por
                 "dh none",
                 f"tls-crypt {pki.tls_crypt_key}",
                 "keepalive 10 60",
-                "verb 3",
+                f"verb {verb}",
+                *extra_options,
                 "",
             ]
         )
@@ -183,15 +234,31 @@ def write_client_profile(
     return path
 
 
-def start_reference_server(lab, directory: Path, proto: Proto = "udp", timeout: float = 20) -> ReferenceServer:
-    """Start openvpn as a server in the lab's gw namespace and wait until it is ready for clients."""
+def start_reference_server(
+    lab,
+    directory: Path,
+    proto: Proto = "udp",
+    timeout: float = 20,
+    *,
+    pool: str = REFERENCE_POOL,
+    verb: int = 3,
+    management: bool = False,
+    extra_options: Sequence[str] = (),
+) -> ReferenceServer:
+    """Start openvpn as a server in the lab's gw namespace and wait until it is ready for clients.
+
+    `management` adds a unix-socket management interface (in the lab's runtime directory: socket
+    paths are short) for `client_count()`."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = generate_pki(directory / "pki")
     port = REFERENCE_PORTS[proto]
-    server_config = write_server_config(pki, directory / f"server-{proto}.conf", proto, port)
+    socket_path = lab.runtime_dir / f"reference-{proto}.sock" if management else None
+    options = [*extra_options, *([f"management {socket_path} unix"] if socket_path else [])]
+    server_config = write_server_config(pki, directory / f"server-{proto}.conf", proto, port, pool=pool, verb=verb,
+                                        extra_options=options)
     client_profile = write_client_profile(pki, directory / f"client-{proto}.ovpn", proto, port)
-    lab.add_pool_route(REFERENCE_POOL)
+    lab.add_pool_route(pool)
     log_path = lab.workdir / f"reference-openvpn-{proto}.log"
     process = lab.popen("gw", "openvpn", "--config", server_config, log=log_path)
-    lab.wait_for_log(log_path, "Initialization Sequence Completed", timeout, process)
-    return ReferenceServer(process, pki, server_config, client_profile, proto, port, log_path)
+    lab.wait_for_log(log_path, "Initialization Sequence Completed", timeout, process)  # logged at verb 1 too
+    return ReferenceServer(process, pki, server_config, client_profile, proto, port, log_path, str(pool), socket_path)

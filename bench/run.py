@@ -1,10 +1,13 @@
 """Benchmark: p2sgw next to a real openvpn 2.6 server, same lab, same client binary and cipher, one run.
 
-    sudo .venv/bin/python bench/run.py [--seconds 10] [--json bench/results/latest.json] [--smoke]
+    sudo .venv/bin/python bench/run.py [--seconds 10] [--sessions 1000] [--json bench/results/latest.json] [--smoke]
 
 Measures per server: handshake time (client start → tunnel up), idle ping RTT, ping RTT under
-load, iperf3 TCP throughput (upload, download), and gateway CPU seconds per GB moved. Prints a
-table with both figures and the ratio p2sgw / openvpn.
+load, iperf3 TCP throughput (upload, download), and gateway CPU seconds per GB moved; then, with
+bench/loadgen.py's machinery (our own client core, one certificate, keepalive 10/60), connects
+`--sessions` clients at once and reports handshakes/s and gateway RSS per connected session.
+Gateway CPU and RSS are summed over the server process and its descendants. Prints a table with
+both figures and the ratio p2sgw / openvpn.
 """
 
 from __future__ import annotations
@@ -23,16 +26,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
-from bench.reference_openvpn import start_reference_server  # noqa: E402
+from bench.loadgen import (  # noqa: E402
+    P2SGW_POOL,
+    LoadSettings,
+    openvpn_target,
+    p2sgw_target,
+    prepare_p2sgw,
+    raise_nofile,
+    run_load,
+    start_openvpn,
+    tree_cpu_seconds,
+    use_source_tree,
+)
 from e2e.gateway_fixture import init_gateway, single_transport_profile  # noqa: E402
 from e2e.lab import Lab  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) us=(\d+) (.*)$")
@@ -74,7 +81,7 @@ def measure(lab: Lab, name: str, profile: Path, pid: int, seconds: int, handshak
     idle = ping_rtt(lab, ns)
     result: dict = {"handshake_s": statistics.median(times), "ping_idle_ms": idle}
     for case, kwargs in IPERF_CASES:
-        cpu0 = cpu_seconds(pid)
+        cpu0 = tree_cpu_seconds(pid)
         loaded: list[float] = []
         pinger = threading.Thread(target=lambda: loaded.append(ping_rtt(lab, ns, count=max(5, seconds * 3))))
         if case == "tcp_upload":
@@ -83,7 +90,7 @@ def measure(lab: Lab, name: str, profile: Path, pid: int, seconds: int, handshak
         if case == "tcp_upload":
             pinger.join()
             result["ping_loaded_ms"] = loaded[0] if loaded else float("nan")
-        cpu = cpu_seconds(pid) - cpu0
+        cpu = tree_cpu_seconds(pid) - cpu0
         end = report["end"]
         summary = end.get("sum_received") or end["sum"]  # UDP reports the receiver's view in "sum"
         moved = summary["bytes"]
@@ -103,6 +110,20 @@ IPERF_CASES = [
 ]
 
 
+def load_figures(load: dict) -> dict:
+    """The many-clients rows of the table, from one loadgen run (the whole run goes to the JSON, minus its timeline)."""
+    return {
+        "load_sessions_established": load["sessions_established"],
+        "load_handshakes_per_s": load["handshakes_per_s_overall"],
+        "load_handshakes_per_s_peak_1s": load["handshakes_per_s_peak_1s"],
+        "load_handshake_ms_p50": load["handshake_ms"]["p50"],
+        "load_handshake_ms_p99": load["handshake_ms"]["p99"],
+        "load_rss_kib_per_session": load["gateway_rss_per_session_kib"],
+        "load_cpu_ms_per_handshake": load["gateway_cpu_ms_per_handshake"],
+        "load": {k: v for k, v in load.items() if k != "timeline"},
+    }
+
+
 ROWS = [
     ("handshake_s", "handshake, client start to tunnel up (s)"),
     ("ping_idle_ms", "ping RTT idle (ms)"),
@@ -114,15 +135,28 @@ ROWS = [
     ("udp_upload_loss_pct", "UDP upload loss (%)"),
     ("cpu_s_per_gb_tcp_upload", "gateway CPU s per GB, TCP upload"),
     ("cpu_s_per_gb_tcp_download", "gateway CPU s per GB, TCP download"),
+    ("load_sessions_established", "sessions established, {m} clients connecting at once"),
+    ("load_handshakes_per_s", "handshakes/s overall, {m} clients connecting"),
+    ("load_handshakes_per_s_peak_1s", "handshakes/s, best second"),
+    ("load_handshake_ms_p50", "handshake latency under that load, p50 (ms)"),
+    ("load_handshake_ms_p99", "handshake latency under that load, p99 (ms)"),
+    ("load_cpu_ms_per_handshake", "gateway CPU ms per handshake"),
+    ("load_rss_kib_per_session", "gateway memory (RSS) per connected session (KiB)"),
 ]
 
 
-def table(ours: dict, ref: dict) -> str:
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.3g}"
+
+
+def table(ours: dict, ref: dict, sessions: int) -> str:
     lines = ["| metric | p2sgw | openvpn 2.6 | ratio p2sgw/openvpn |", "|---|---|---|---|"]
     for key, label in ROWS:
-        a, b = ours.get(key, float("nan")), ref.get(key, float("nan"))
+        label = label.format(m=sessions)
+        a, b = ours.get(key), ref.get(key)
+        a, b = (float("nan") if v is None else v for v in (a, b))
         ratio = a / b if b else float("nan")
-        lines.append(f"| {label} | {a:.3g} | {b:.3g} | {ratio:.2f} |")
+        lines.append(f"| {label} | {_number(a)} | {_number(b)} | {ratio:.2f} |")
     return "\n".join(lines)
 
 
@@ -130,23 +164,37 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--handshakes", type=int, default=3)
+    parser.add_argument("--sessions", type=int, default=1000, help="clients connecting at once in the load phase")
+    parser.add_argument("--hold", type=float, default=10, help="seconds the load phase holds its sessions idle")
+    parser.add_argument("--src", type=Path, default=None, help="run p2sgw and the load clients from this source "
+                        "tree instead of the checkout's src/ (e.g. a `git archive` snapshot)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "latest.json")
     parser.add_argument("--smoke", action="store_true", help="short run to check the harness works")
     args = parser.parse_args()
     if args.smoke:
-        args.seconds, args.handshakes = 2, 1
+        args.seconds, args.handshakes, args.sessions, args.hold = 2, 1, 50, 3
+    # RSS is read with every session idle, after the echoes (they stop 5 s before the end of the hold)
+    load = LoadSettings(sessions=args.sessions, duration=args.hold, echo_interval=args.hold, forget_timeout=15,
+                        ramp_timeout=30 if args.smoke else 0)
+    raise_nofile(max(65536, args.sessions + 4096))
     workdir = Path(f"/tmp/p2sgw-bench-{os.getpid()}")
-    with Lab(1, workdir=workdir, extra_pools=("172.16.202.0/24",)) as lab:
+    with Lab(1, workdir=workdir, pool=P2SGW_POOL) as lab:
+        use_source_tree(lab, args.src)
         gw = init_gateway(lab)
         profile = single_transport_profile(gw.issue("bench"), "udp")
+        prepare_p2sgw(gw)
         gw.start()
-        reference = start_reference_server(lab, workdir / "reference", proto="udp")
+        reference = start_openvpn(lab, workdir / "reference", args.sessions)
         ours = measure(lab, "p2sgw", profile, gw.process.pid, args.seconds, args.handshakes)
         ref = measure(lab, "openvpn", reference.client_profile, reference.process.pid, args.seconds,
                       args.handshakes)
+        ours.update(load_figures(run_load(lab, p2sgw_target(lab, gw), load, workdir / "load-p2sgw")))
+        ref.update(load_figures(run_load(lab, openvpn_target(lab, reference), load, workdir / "load-openvpn")))
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "seconds": args.seconds,
+        "sessions": args.sessions,
+        "hold_seconds": args.hold,
         "cipher": "AES-256-GCM",
         "transport": "udp",
         "p2sgw": ours,
@@ -155,7 +203,7 @@ def main() -> int:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
-    print(table(ours, ref))
+    print(table(ours, ref, args.sessions))
     print(f"\n{report['machine']}; JSON: {args.json}")
     return 0
 
