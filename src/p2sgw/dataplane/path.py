@@ -44,6 +44,16 @@ def read_tun_batch(fd: int) -> list[bytes]:
     return packets
 
 
+def forward_packet(sock, packet: bytes, drops: DropCounter) -> None:
+    """Hand a TUN packet to the process that serves its session (an AF_UNIX datagram socket)."""
+    try:
+        sock.send(packet)
+    except (BlockingIOError, InterruptedError):
+        drops.drop("forward queue full")
+    except OSError:
+        drops.drop("forward failed")
+
+
 def read_datagram_batch(sock) -> list[bytes]:
     """Packets forwarded by another process (an AF_UNIX datagram socket)."""
     recv = sock.recv

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..logs import DropCounter, error, log, warn
 from ..openvpn.data_channel import new_stats
+from .path import forward_packet
 from .shared import Channel, StatsTable
 from .steering import worker_of_peer_id
 
@@ -186,12 +187,7 @@ class DataWorkers:
             self._send(index, "ping", peer_ids)
 
     def forward(self, owner: int, packet: bytes) -> None:
-        try:
-            self.forward_out[owner].send(packet)
-        except (BlockingIOError, InterruptedError):
-            self.drops.drop("forward queue full")
-        except OSError:
-            self.drops.drop("forward failed")
+        forward_packet(self.forward_out[owner], packet, self.drops)
 
     def _send(self, index: int, *message: object) -> None:
         channel = self.channels.get(index)

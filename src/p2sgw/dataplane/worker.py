@@ -28,7 +28,14 @@ from ..io.openvpn_udp import BATCH, RECV_SIZE, DatagramSender
 from ..logs import DropCounter, error, log, log_loop_exceptions, setup_logging
 from ..openvpn.data_channel import DataChannel, DataKey
 from ..openvpn.packets import P_DATA_V2
-from .path import Route, deliver, read_datagram_batch, read_tun_batch, write_tun
+from .path import (
+    Route,
+    deliver,
+    forward_packet,
+    read_datagram_batch,
+    read_tun_batch,
+    write_tun,
+)
 from .shared import Channel, StatsTable
 
 
@@ -143,12 +150,7 @@ class Worker:
         deliver(read_datagram_batch(self.forward_in), self.routes, None)
 
     def _forward(self, owner: int, packet: bytes) -> None:
-        try:
-            self.forward_out[owner].send(packet)
-        except (BlockingIOError, InterruptedError):
-            self.drops.drop("forward queue full")
-        except (KeyError, OSError):
-            self.drops.drop("forward failed")
+        forward_packet(self.forward_out[owner], packet, self.drops)
 
     # ---------------------------------------------------------------- control
     def _tell(self, *message: object) -> None:
