@@ -69,6 +69,19 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def rss_by_process(pid: int) -> dict[str, int]:
+    """RSS (KiB) of each process in the tree, keyed "pid command" (control process vs data workers)."""
+    out = {}
+    for member in process_tree(pid):
+        try:
+            argv = Path(f"/proc/{member}/cmdline").read_bytes().split(b"\0")
+            name = next((a.decode() for a in argv if a.startswith(b"p2sgw")), argv[0].decode().rsplit("/", 1)[-1])
+            out[f"{member} {name}"] = _rss_pages(member) * PAGE_KIB
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
 def _tree_sum(pid: int, one) -> int | float:
     total = 0
     for member in process_tree(pid):
@@ -831,6 +844,7 @@ def _drive(settings: LoadSettings, lab, target: Target, workers, lines, start_at
     cpu_at_ramp = ctx_at_ramp = None
     profile = None
     rss_end = pss_end = cpu_end = ctx_end = t_end = None
+    rss_by_process_start, rss_by_process_end = rss_by_process(pid), {}
     eof = set()
     while True:
         try:
@@ -897,12 +911,14 @@ def _drive(settings: LoadSettings, lab, target: Target, workers, lines, start_at
             if stop_at is not None and gw_sessions_at_end is None and now >= stop_at - 2.0:
                 # while every session is still up: what the gateway says, and its memory
                 rss_end, pss_end = tree_rss_kib(pid), tree_pss_kib(pid)
+                rss_by_process_end = rss_by_process(pid)
                 gw_sessions_at_end = target.sessions()
                 cpu_end, ctx_end, t_end = tree_cpu_seconds(pid), tree_context_switches(pid), time.time()
         if len(finals) == n_workers:
             break
     if rss_end is None:
         rss_end, pss_end, cpu_end = tree_rss_kib(pid), tree_pss_kib(pid), tree_cpu_seconds(pid)
+        rss_by_process_end = rss_by_process(pid)
         ctx_end, t_end = tree_context_switches(pid), time.time()
     udp_after = {"gw": snmp_udp(lab, "gw"), "c0": snmp_udp(lab, "c0")}
     established = sum(f["established_total"] for f in finals.values())
@@ -948,6 +964,8 @@ def _drive(settings: LoadSettings, lab, target: Target, workers, lines, start_at
         "gateway_rss_end_kib": rss_end,
         "gateway_rss_peak_kib": max(r for _, r in rss_samples),
         "gateway_rss_per_session_kib": round((rss_end - rss_before) / sessions_for_rss, 1) if sessions_for_rss else None,
+        "gateway_rss_by_process_kib": {name: [rss_by_process_start.get(name), kib]
+                                       for name, kib in rss_by_process_end.items()},
         "gateway_pss_before_kib": pss_before,
         "gateway_pss_end_kib": pss_end,
         "gateway_pss_per_session_kib": round((pss_end - pss_before) / sessions_for_rss, 1) if sessions_for_rss else None,

@@ -21,8 +21,8 @@ def children(pid: int) -> list[int]:
 
 
 def worker_of(log: str, vip_session: str) -> int:
-    match = re.search(rf"openvpn\.established session={vip_session} .* worker=(\d+)", log)
-    assert match, f"no established line for {vip_session}"
+    match = re.search(rf"session\.up session={vip_session} .* worker=(\d+)", log)
+    assert match, f"no session.up line for {vip_session}"
     return int(match.group(1))
 
 

@@ -74,8 +74,13 @@ def test_channel_round_trip_and_eof():
     left, right = Channel(a, send_timeout=1.0), Channel(b, send_timeout=None)
     assert right.receive() == []
     left.send("peer", 3, ("192.0.2.9", 1194), b"\xac\x10\x00\x02", [], None)
-    left.send("ping", [1, 2])
-    assert right.receive() == [("peer", 3, ("192.0.2.9", 1194), b"\xac\x10\x00\x02", [], None), ("ping", [1, 2])]
+    left.send("ping", 1)
+    assert right.receive() == [("peer", 3, ("192.0.2.9", 1194), b"\xac\x10\x00\x02", [], None), ("ping", 1)]
+    # one loop turn's worth: more messages than fit one datagram, each with a full key set
+    spec = DataKey("AES-256-GCM", Key2(os.urandom(256)), 0, 1).spec
+    batch = [("peer", i, ("192.0.2.9", i), b"\xac\x10\x00\x02", [spec] * 8, 0) for i in range(1000)]
+    left.send_batch(batch)
+    assert right.receive() == batch
     a.close()
     with pytest.raises(EOFError):
         right.receive()

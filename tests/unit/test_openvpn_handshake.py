@@ -20,11 +20,15 @@ from OpenSSL import SSL, crypto
 from openvpn_vectors import TEST_PKT_STATIC_KEY, make_pki
 
 from p2sgw.openvpn import events as ev
+from p2sgw.dataplane.shared import StatsTable
 from p2sgw.openvpn.data_channel import (
     KEEPALIVE_PING,
     OCC_MAGIC,
     PACKET_ID_WRAP_TRIGGER,
+    PACKETS_OUT,
+    DataChannel,
     DataKey,
+    KeySpec,
 )
 from p2sgw.openvpn.keys import KeySource
 from p2sgw.openvpn.packets import (
@@ -858,6 +862,8 @@ def test_explicit_exit_notify_over_data_channel(harness):
 def test_disconnect_sends_restart(harness):
     h = harness()
     h.establish()
+    # the memory BIOs were swapped for empty ones after the handshake: TLS goes on working
+    assert h.session.primary.tls._bios_renewed
     h.session.disconnect(h.now, "HALT")
     h.exchange()
     assert h.client.keys[0].messages[-1] == "HALT"
@@ -1121,3 +1127,45 @@ def test_established_session_survives_garbage(harness, items):
                 pass  # the test client is strict about what it expects; the server is what we test
     if not h.session.closed and h.session.data.rx_keys[0] is not None:
         assert h.session.decrypt(key.encrypt(IP_UP)) == IP_UP
+
+
+def test_moved_data_channel_keeps_only_key_specs_and_follows_renegotiation(harness):
+    """Once a data worker serves the session (move_data), the control process holds no cipher
+    contexts, never encrypts (the worker owns the packet-id counter), asks for keepalives, and
+    reports every key-set change with specs a worker can rebuild working keys from."""
+    h = harness(settings=SessionSettings(reneg_sec=0, transition_window=60, ping=10, ping_restart=60))
+    h.establish()
+    h.session.encrypt(IP_DOWN)
+    row = StatsTable(4).row(1)
+    h.session.move_data(row)
+    assert row[PACKETS_OUT] == 1  # what was counted here carries over
+    assert all(isinstance(k, KeySpec) for k in [*h.session.data.rx_keys, h.session.data.tx_key] if k is not None)
+    assert h.session.encrypt(IP_DOWN) is None
+    worker = DataChannel(row)  # what a worker builds from the specs it is sent
+    worker.rx_keys[0] = worker.tx_key = DataKey.from_spec(h.session.data.tx_key.spec)
+    old = h.client.keys[0].data_key
+    assert old.decrypt(worker.encrypt(IP_DOWN)) == IP_DOWN
+    assert worker.decrypt(old.encrypt(IP_UP)) == IP_UP and h.session.packets_in == 1
+
+    h.drain_events()
+    h.events.clear()
+    for _ in range(2):  # the worker sent something in the first interval, nothing in the second
+        h.now += 11
+        h.session.handle_timer(h.now)
+    # nothing was sent for a ping interval: the worker is asked to send the ping
+    assert h.of(ev.KeepaliveDue) and not h.session.datagrams_to_send()
+
+    h.client.start_renegotiation(1)
+    h.exchange()
+    h.session.authorize(h.of(ev.AuthRequest)[-1].key_id, now=h.now)
+    h.exchange()
+    assert h.of(ev.DataKeysChanged) and h.of(ev.Renegotiated)
+    tx = h.session.data.tx_key
+    assert isinstance(tx, KeySpec) and tx.key_id == 1
+    new = h.client.derive_data_key(1, "AES-256-GCM", PEER_ID)
+    rebuilt = DataKey.from_spec(tx.spec)
+    assert new.decrypt(rebuilt.encrypt(IP_DOWN)) == IP_DOWN
+    assert h.session.decrypt(new.encrypt(IP_UP)) is None  # never decrypted here either
+
+    h.session.data_lost()  # the worker died: nothing may be sent with these keys again
+    assert h.session.data.tx_key is None and not h.session.remote_data

@@ -2,7 +2,8 @@
 
 A session is handed over once its first data key is active (`hand_over`), and from then on its
 key set follows every change (`keys_changed`), its keepalive pings are sent by the worker
-(`ping`, batched per loop turn) and its counters are read from the shared table. A worker that
+(`ping`) and its counters are read from the shared table. Messages are queued and sent once per
+loop turn, one datagram per worker, however many sessions came up or pinged in that turn. A worker that
 dies takes its sessions' packet-id counters with it, so those sessions are told to reconnect
 (new keys; never a reused nonce) and the worker is started again on the same socket and queue.
 """
@@ -55,7 +56,7 @@ class DataWorkers:
         self.processes: dict[int, subprocess.Popen] = {}
         self.peers: dict[int, OpenVPNPeer] = {}  # handed over, by peer-id
         self.routes: dict[bytes, int] = {}  # every session's address -> the process serving it
-        self._pings: dict[int, list[int]] = {}
+        self._outbox: dict[int, list[tuple]] = {}  # per worker, sent at the end of the loop turn
         self._stopping = False
 
     # ---------------------------------------------------------------- processes
@@ -103,7 +104,7 @@ class DataWorkers:
         for peer in orphans:  # their packet-id counters died with the worker: new keys, so reconnect
             self.peers.pop(peer.core.peer_id, None)
             peer.owner = None
-            peer.core.remote_data = False
+            peer.core.data_lost()
             peer.disconnect("RESTART")
         self._spawn(index)
         for vip, owner in self.routes.items():
@@ -111,6 +112,7 @@ class DataWorkers:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._watch.cancel()
         for index in list(self.channels):
             self._send(index, "stop")
         for _ in range(40):
@@ -138,10 +140,7 @@ class DataWorkers:
     def hand_over(self, peer: OpenVPNPeer) -> None:
         index = worker_of_peer_id(peer.core.peer_id, self.count)
         core = peer.core
-        row = self.stats.row(core.peer_id)
-        row[:] = core.data.stats  # what the control process counted so far
-        core.data.stats = row
-        core.remote_data = True
+        core.move_data(self.stats.row(core.peer_id))
         peer.owner = index
         self.peers[core.peer_id] = peer
         self.keys_changed(peer)
@@ -177,26 +176,32 @@ class DataWorkers:
                 self._send(index, "unroute", vip)
 
     def ping(self, peer: OpenVPNPeer) -> None:
-        if not self._pings:
-            self.loop.call_soon(self._send_pings)
-        self._pings.setdefault(peer.owner, []).append(peer.core.peer_id)
-
-    def _send_pings(self) -> None:
-        pings, self._pings = self._pings, {}
-        for index, peer_ids in pings.items():
-            self._send(index, "ping", peer_ids)
+        self._send(peer.owner, "ping", peer.core.peer_id)
 
     def forward(self, owner: int, packet: bytes) -> None:
         forward_packet(self.forward_out[owner], packet, self.drops)
 
     def _send(self, index: int, *message: object) -> None:
-        channel = self.channels.get(index)
-        if channel is None:
+        if index not in self.channels:
             return  # dead; _worker_died re-sends what a new one needs
-        try:
-            channel.send(*message)
-        except OSError as exc:
-            warn("dataplane.send_failed", worker=index, message=str(message[0]), error=str(exc))
+        if not self._outbox:
+            self.loop.call_soon(self._flush)
+        queued = self._outbox.get(index)
+        if queued is None:
+            self._outbox[index] = [message]
+        else:
+            queued.append(message)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for index, messages in outbox.items():
+            channel = self.channels.get(index)
+            if channel is None:
+                continue
+            try:
+                channel.send_batch(messages)
+            except OSError as exc:
+                warn("dataplane.send_failed", worker=index, messages=len(messages), error=str(exc))
 
     def _readable(self, index: int) -> None:
         channel = self.channels.get(index)

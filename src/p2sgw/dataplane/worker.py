@@ -2,12 +2,12 @@
 
 Started by the control process (dataplane/supervisor.py) as `python -m p2sgw.dataplane.worker
 ARGS_JSON` with the descriptors it needs passed down. It does no TLS, no authentication and reads
-no clock per packet; it obeys the control process's messages:
+no clock per packet; it obeys the control process's messages (in batches, one per loop turn):
 
     ("peer", peer_id, addr, vip, specs, tx_key_id)  serve this session (or: its key set changed)
     ("drop", peer_id)                               stop serving it
     ("route", vip, owner) / ("unroute", vip)        who serves an address (for forwarding)
-    ("ping", [peer_id, ...])                        send these sessions a keepalive
+    ("ping", peer_id)                               send this session a keepalive
     ("stop",)
 
 and tells it ("exit", peer_id) for an explicit-exit-notify and ("float", peer_id, addr) when an
@@ -42,7 +42,7 @@ from .shared import Channel, StatsTable
 class DataPeer:
     """A session as a worker sees it: where to send, which address it may use, its data channel."""
 
-    __slots__ = ("addr", "data", "encrypt", "exit_told", "owner", "peer_id", "send_many", "vip")
+    __slots__ = ("addr", "data", "encrypt", "exit_told", "owner", "peer_id", "sender", "vip")
 
     def __init__(self, worker: Worker, peer_id: int, addr: tuple[str, int], vip: bytes) -> None:
         self.peer_id = peer_id
@@ -51,9 +51,11 @@ class DataPeer:
         self.owner = None  # served here (path.Route)
         self.data = DataChannel(worker.stats.row(peer_id))
         self.encrypt = self.data.encrypt
-        sender = worker.sender
-        self.send_many = lambda packets: sender.send_many(packets, self.addr)
+        self.sender = worker.sender
         self.exit_told = False
+
+    def send_many(self, packets: list[bytes]) -> None:
+        self.sender.send_many(packets, self.addr)
 
     def set_keys(self, specs: list[tuple], tx_key_id: int | None) -> None:
         """Take the control process's key set, keeping the key objects we have (their packet-id
@@ -193,12 +195,11 @@ class Worker:
             if isinstance(route, Elsewhere):
                 del self.routes[message[1]]
         elif kind == "ping":
-            for peer_id in message[1]:
-                peer = self.peers.get(peer_id)
-                if peer is not None:
-                    ping = peer.data.keepalive()
-                    if ping is not None:
-                        self.sender.send(ping, peer.addr)
+            peer = self.peers.get(message[1])
+            if peer is not None:
+                ping = peer.data.keepalive()
+                if ping is not None:
+                    self.sender.send(ping, peer.addr)
         elif kind == "stop":
             self.stopped.set()
         else:

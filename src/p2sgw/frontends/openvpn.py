@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -191,8 +192,11 @@ class OpenVPNFrontend:
             workers = self.gw.workers
             if workers is not None and workers.can_serve(peer):
                 workers.hand_over(peer)
-            log("openvpn.established", session=sid, identity=peer.session.identity if peer.session else "",
-                cipher=event.cipher, tls=event.tls_version, remote=peer.remote, worker=peer.owner or 0)
+            session = peer.session
+            if session is not None:  # one line per session: the data channel is up, and where
+                log("session.up", session=sid, identity=session.identity, protocol=session.protocol,
+                    virtual_ip=str(session.virtual_ip), remote=peer.remote, auth=session.auth_method,
+                    group=session.policy_group, tls=event.tls_version, cipher=event.cipher, worker=peer.owner or 0)
         elif isinstance(event, ev.RenegotiationStarted):
             log("openvpn.renegotiation", session=sid, key_id=event.key_id, by_client=event.by_client)
         elif isinstance(event, ev.Renegotiated):
@@ -202,7 +206,7 @@ class OpenVPNFrontend:
         elif isinstance(event, ev.AuthFailed):
             pass  # logged where the decision was made
         elif isinstance(event, ev.ClientExit):
-            log("openvpn.client_exit", session=sid, remote=peer.remote, reason=event.reason)
+            log("openvpn.client_exit", logging.DEBUG, session=sid, remote=peer.remote, reason=event.reason)
             if peer.session is not None:
                 peer.session.terminate_cause = "User-Request"
         elif isinstance(event, ev.PacketDropped):
@@ -305,8 +309,6 @@ class OpenVPNFrontend:
             extra_push=extra_push,
             now=now,
         )
-        log("session.up", session=session.id, identity=session.identity, protocol=session.protocol,
-            virtual_ip=str(address), remote=peer.remote, auth=result.method, group=group.name, tls=event.tls_version)
         self.gw.start_session(session, peer, result)
         self.pump(peer)
 

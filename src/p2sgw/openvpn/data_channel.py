@@ -54,7 +54,7 @@ class DataKey:
         self, cipher: str, key2: Key2, key_id: int, peer_id: int, server: bool = True, data_v2: bool = True
     ) -> None:
         # what another process needs to build the same key (a data-plane worker, dataplane/)
-        self.spec = (cipher, key2.raw, key_id, peer_id, server, data_v2)
+        self.spec = self.make_spec(cipher, key2, key_id, peer_id, server, data_v2)
         size = _CIPHER_KEY_SIZE[cipher]
         aead = ChaCha20Poly1305 if cipher == "CHACHA20-POLY1305" else AESGCM
         tx, rx = (1, 0) if server else (0, 1)  # server = key direction INVERSE
@@ -72,6 +72,11 @@ class DataKey:
         self.tx_packet_id = 0
         self.replay = ReplayWindow(64)
         self.last_error = ""  # why the last decrypt() returned None (set on the failure path only)
+
+    @staticmethod
+    def make_spec(cipher: str, key2: Key2, key_id: int, peer_id: int, server: bool = True,
+                  data_v2: bool = True) -> tuple:
+        return (cipher, key2.raw, key_id, peer_id, server, data_v2)
 
     @classmethod
     def from_spec(cls, spec: tuple) -> DataKey:
@@ -121,6 +126,28 @@ class DataKey:
         return plain
 
 
+class KeySpec:
+    """A data key as the control process keeps it once a data-plane worker serves the session:
+    only what rebuilding it there takes (`spec`), without the two AEAD contexts (~5.7 KiB).
+    It never encrypts here: the worker's copy owns the packet-id counter."""
+
+    __slots__ = ("key_id", "spec")
+
+    needs_renegotiation = False  # the worker's counter is not seen here; reneg_sec still applies
+
+    last_error = "data packet for a session served by a data worker"
+
+    def __init__(self, spec: tuple) -> None:
+        self.spec = spec
+        self.key_id = spec[2]
+
+    def encrypt(self, plaintext: bytes) -> None:
+        return None
+
+    def decrypt(self, packet: bytes) -> None:
+        return None
+
+
 # DataChannel.stats slots: one 32-byte row per session, so it can live in shared memory
 PACKETS_IN, BYTES_IN, PACKETS_OUT, BYTES_OUT = range(4)
 
@@ -139,8 +166,8 @@ class DataChannel:
     __slots__ = ("exited", "last_drop", "rx_keys", "stats", "tx_key")
 
     def __init__(self, stats: memoryview | None = None) -> None:
-        self.rx_keys: list[DataKey | None] = [None] * 8
-        self.tx_key: DataKey | None = None
+        self.rx_keys: list[DataKey | KeySpec | None] = [None] * 8
+        self.tx_key: DataKey | KeySpec | None = None
         self.stats = new_stats() if stats is None else stats
         self.last_drop = ""
         self.exited = False  # the client sent explicit-exit-notify on the data channel
@@ -187,6 +214,17 @@ class DataChannel:
     def clear(self) -> None:
         self.rx_keys = [None] * 8
         self.tx_key = None
+
+    def shed_contexts(self) -> dict[int, KeySpec]:
+        """Replace every key by its KeySpec (see there); returns them by id() of the old key, so
+        callers holding the old objects can swap theirs."""
+        swapped: dict[int, KeySpec] = {}
+        for key in [*self.rx_keys, self.tx_key]:
+            if key is not None and id(key) not in swapped:
+                swapped[id(key)] = key if isinstance(key, KeySpec) else KeySpec(key.spec)
+        self.rx_keys = [None if key is None else swapped[id(key)] for key in self.rx_keys]
+        self.tx_key = None if self.tx_key is None else swapped[id(self.tx_key)]
+        return swapped
 
 
 def is_keepalive(payload: bytes) -> bool:

@@ -8,7 +8,6 @@ from a window of RECV_WINDOW ids, duplicates re-ACKed and dropped. Over TCP the 
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 SEND_WINDOW = 6
@@ -30,7 +29,8 @@ class ReliableSender:
     def __init__(self, first_id: int = 0, initial_timeout: float = 2.0) -> None:
         self.next_id = first_id
         self.initial_timeout = initial_timeout
-        self._queue: deque[tuple[int, bytes]] = deque()  # not yet given an id (window full)
+        # not yet given an id (window full); rarely more than a few, and a deque costs 760 bytes
+        self._queue: list[tuple[int, bytes]] = []
         self._in_flight: dict[int, _InFlight] = {}
 
     def queue(self, opcode: int, payload: bytes) -> None:
@@ -57,7 +57,7 @@ class ReliableSender:
                 item.later_acks = 0
                 out.append((item.opcode, pid, item.payload))
         while self._queue and len(self._in_flight) < SEND_WINDOW:
-            opcode, payload = self._queue.popleft()
+            opcode, payload = self._queue.pop(0)
             pid = self.next_id
             self.next_id += 1
             self._in_flight[pid] = _InFlight(opcode, payload, now + self.initial_timeout, self.initial_timeout)

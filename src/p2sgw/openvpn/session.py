@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from .data_channel import (
     SUPPORTED_CIPHERS,
     DataChannel,
     DataKey,
+    KeySpec,
 )
 from .keys import (
     EKM_LABEL,
@@ -106,7 +106,7 @@ class KeyState:
         self.phase = "tls"  # tls -> auth (km2 in, awaiting decision) -> authorized -> active | failed
         self.km2: ClientKeyMethod2 | None = None
         self.plaintext = bytearray()  # control-channel commands not yet terminated by NUL
-        self.data_key: DataKey | None = None
+        self.data_key: DataKey | KeySpec | None = None
         self.deadline = now + hand_window
         self.activated_at = 0.0
         self.push_requested = False
@@ -144,7 +144,7 @@ class OpenVPNServerSession:
         self._wrap_tx_id = wrap_replay_id  # the stateless reset reply used id 1
         self._wrap_rx = ReplayWindow(64)
         self._out: list[bytes] = []
-        self._events: deque[ev.Event] = deque()
+        self._events: list[ev.Event] = []  # a few at a time; a deque would cost 760 bytes per session
         self.keys: list[KeyState | None] = [None] * 8
         self.data = DataChannel()  # data fast path: keys by key_id, counters
         # the data path runs in another process (dataplane/): key changes become events, and
@@ -183,7 +183,7 @@ class OpenVPNServerSession:
         return bool(self._events)
 
     def next_event(self) -> ev.Event | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def datagrams_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
@@ -442,7 +442,7 @@ class OpenVPNServerSession:
             previous.deadline = now + self.settings.transition_window  # lame duck until then
             self._emit(ev.Renegotiated(ks.key_id))
 
-    def _derive_data_key(self, ks: KeyState) -> DataKey:
+    def _derive_data_key(self, ks: KeyState) -> DataKey | KeySpec:
         """TLS-EKM if the client announced it at the start (what we pushed applies to every key), else the PRF."""
         assert ks.km2 is not None and self.cipher is not None
         iv_proto = self._iv_proto
@@ -450,7 +450,8 @@ class OpenVPNServerSession:
             key2 = Key2(ks.tls.export_keying_material(EKM_LABEL, 256))
         else:
             key2 = ks.km2.source.legacy_key2(self.client_sid, self.own_sid)
-        return DataKey(self.cipher, key2, ks.key_id, self.peer_id, data_v2=bool(iv_proto & IV_PROTO_DATA_V2))
+        spec = DataKey.make_spec(self.cipher, key2, ks.key_id, self.peer_id, data_v2=bool(iv_proto & IV_PROTO_DATA_V2))
+        return KeySpec(spec) if self.remote_data else DataKey.from_spec(spec)
 
     # ------------------------------------------------------------------ data fast path
     def decrypt(self, packet: bytes) -> bytes | None:
@@ -490,6 +491,24 @@ class OpenVPNServerSession:
     @property
     def bytes_out(self) -> int:
         return self.data.stats[BYTES_OUT]
+
+    def move_data(self, stats: memoryview) -> None:
+        """Another process (a data-plane worker) encrypts and decrypts for this session from now on,
+        counting in `stats` (a shared-memory row): keep only the key specs it is sent, and ask for
+        keepalives (KeepaliveDue) and report key changes (DataKeysChanged) instead."""
+        stats[:] = self.data.stats  # what was counted here so far
+        self.data.stats = stats
+        self.remote_data = True
+        swapped = self.data.shed_contexts()
+        for ks in self.keys:
+            if ks is not None and ks.data_key is not None:
+                ks.data_key = swapped.get(id(ks.data_key)) or KeySpec(ks.data_key.spec)
+
+    def data_lost(self) -> None:
+        """The process serving the data channel died, and with it the keys' packet-id counters:
+        nothing may be sent with these keys again (the session is about to be told to reconnect)."""
+        self.data.clear()
+        self.remote_data = False
 
     def _data_keys_changed(self) -> None:
         if self.remote_data:

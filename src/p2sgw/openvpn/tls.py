@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi  # pyOpenSSL's own binding: BIO_s_mem, SSL_set_bio
+from OpenSSL._util import lib as _lib
 
 READ_CHUNK = 16384
 
@@ -65,12 +67,7 @@ def build_server_context(
 
 
 def _verify_error_string(errnum: int) -> str:
-    from OpenSSL._util import (  # pyOpenSSL's own binding of X509_verify_cert_error_string
-        ffi,
-        lib,
-    )
-
-    return ffi.string(lib.X509_verify_cert_error_string(errnum)).decode()
+    return _ffi.string(_lib.X509_verify_cert_error_string(errnum)).decode()
 
 
 class TlsEndpoint:
@@ -86,6 +83,7 @@ class TlsEndpoint:
             self._conn.set_connect_state()
         self.established = False
         self.failed: str | None = None
+        self._bios_renewed = False
 
     def start(self) -> None:
         """Client side: produce the ClientHello (read it with records_to_send())."""
@@ -146,7 +144,30 @@ class TlsEndpoint:
             if not chunk:
                 break
             out += chunk
+        if self.established and not self._bios_renewed:
+            self._renew_bios()
         return bytes(out)
+
+    def _renew_bios(self) -> None:
+        """After the handshake, give OpenSSL fresh memory BIOs once both are drained: a memory BIO
+        keeps the capacity of the largest flight it carried (certificates), about 5 KiB per session
+        that an idle tunnel never needs again. Done through pyOpenSSL's binding of SSL_set_bio."""
+        conn = self._conn
+        into, out = getattr(conn, "_into_ssl", None), getattr(conn, "_from_ssl", None)
+        if into is None or out is None:
+            self._bios_renewed = True  # not a memory-BIO connection (or a pyOpenSSL without them)
+            return
+        if _lib.BIO_get_mem_data(into, _ffi.NULL) or _lib.BIO_get_mem_data(out, _ffi.NULL):
+            return  # bytes still in flight: next time
+        new_into, new_out = _lib.BIO_new(_lib.BIO_s_mem()), _lib.BIO_new(_lib.BIO_s_mem())
+        if new_into == _ffi.NULL or new_out == _ffi.NULL:
+            for bio in (new_into, new_out):
+                if bio != _ffi.NULL:
+                    _lib.BIO_free(bio)
+            return
+        _lib.SSL_set_bio(conn._ssl, new_into, new_out)  # frees the old pair
+        conn._into_ssl, conn._from_ssl = new_into, new_out
+        self._bios_renewed = True
 
     def export_keying_material(self, label: bytes, length: int) -> bytes:
         return self._conn.export_keying_material(label, length)

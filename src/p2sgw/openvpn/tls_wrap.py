@@ -30,15 +30,15 @@ class TlsCrypt:
 
     def __init__(self, key: Key2, server: bool = True) -> None:
         tx, rx = (0, 1) if server else (1, 0)
-        self._tx_enc = key.cipher(tx)[:32]
+        self._tx_enc = algorithms.AES(key.cipher(tx)[:32])  # built once: only the CTR IV changes per packet
         self._tx_mac = key.hmac(tx)[:32]
-        self._rx_enc = key.cipher(rx)[:32]
+        self._rx_enc = algorithms.AES(key.cipher(rx)[:32])
         self._rx_mac = key.hmac(rx)[:32]
 
     def wrap(self, header: bytes, body: bytes, replay_id: int, now: int) -> bytes:
         pid = struct.pack("!II", replay_id, now & 0xFFFFFFFF)
         tag = hmac.digest(self._tx_mac, header + pid + body, sha256)
-        enc = Cipher(algorithms.AES(self._tx_enc), modes.CTR(tag[:16])).encryptor()
+        enc = Cipher(self._tx_enc, modes.CTR(tag[:16])).encryptor()
         return header + pid + tag + enc.update(body) + enc.finalize()
 
     def unwrap(self, data: bytes) -> tuple[int, bytes]:
@@ -47,7 +47,7 @@ class TlsCrypt:
             raise WrapError("tls-crypt packet too short")
         pid_end = HEADER_SIZE + REPLAY_ID_SIZE
         tag = data[pid_end : pid_end + TLS_CRYPT_TAG_SIZE]
-        dec = Cipher(algorithms.AES(self._rx_enc), modes.CTR(tag[:16])).decryptor()
+        dec = Cipher(self._rx_enc, modes.CTR(tag[:16])).decryptor()
         body = dec.update(data[pid_end + TLS_CRYPT_TAG_SIZE :]) + dec.finalize()
         expected = hmac.digest(self._rx_mac, data[:pid_end] + body, sha256)
         if not hmac.compare_digest(tag, expected):
