@@ -213,7 +213,7 @@ class LoadWorker:
         cert = x509.load_pem_x509_certificate(Path(cfg["cert"]).read_bytes())
         key = serialization.load_pem_private_key(Path(cfg["key"]).read_bytes(), None)
         ca = x509.load_pem_x509_certificate(Path(cfg["ca"]).read_bytes())
-        self.ctx = build_client_context(cert, key, [ca])
+        self.ctx = build_client_context(cert, key, [ca], groups=cfg["tls_groups"] or None)
         self.wrap = TlsCrypt(parse_static_key(Path(cfg["tls_crypt"]).read_text()), server=False)
         self.server = (cfg["server"], cfg["port"])
         self.n = cfg["sessions"]
@@ -223,6 +223,7 @@ class LoadWorker:
         self.echo_interval = cfg["echo_interval"]
         self.vnet = socket.inet_aton(cfg["vnet_host"])
         self.slots = [Slot(cfg["first_index"] + i) for i in range(self.n)]
+        self.tls_seen: collections.Counter[str] = collections.Counter()  # "TLS version, group, data cipher" per session
         self.by_fd: dict[int, Slot] = {}
         self.ep = select.epoll()
         self.heap: list[tuple[float, int, Slot]] = []
@@ -263,7 +264,8 @@ class LoadWorker:
             fields.update(dropped_sessions=self.dropped, failed_sessions=self.failed[:50],
                           pings_sent=sum(s.core.pings_sent for s in self.slots if s.core is not None),
                           pings_received=sum(s.core.pings_received for s in self.slots if s.core is not None),
-                          client_drops=sum(s.core.drops for s in self.slots if s.core is not None))
+                          client_drops=sum(s.core.drops for s in self.slots if s.core is not None),
+                          tls_seen=dict(self.tls_seen))
         self.emit("final" if final else "stats", **fields)
 
     # ----------------------------------------------------------------- sessions
@@ -307,6 +309,7 @@ class LoadWorker:
                 self.connect_times.append(now)
                 self.hs_ms.append((now - slot.started_at) * 1000)
                 slot.src = event.push.address.packed
+                self.tls_seen[f"{event.tls_version} {event.tls_group}, data channel {event.cipher}"] += 1
                 if self.echo_interval:
                     slot.next_echo = now + self.rng.uniform(1.0, self.echo_interval)
             elif isinstance(event, self.SessionClosed):
@@ -569,6 +572,10 @@ class LoadSettings:
     ramp_timeout: float = 0
     forget_timeout: float = 30  # how long to wait for the server to drop the sessions that left
     profile: bool = False
+    # what the clients offer for the key exchange: OpenSSL 3.0's default list, i.e. openvpn 2.6 on
+    # Debian 12. Our bundled OpenSSL would offer X25519MLKEM768 first, which the reference openvpn
+    # server (Debian's OpenSSL 3.0) cannot take: the two servers would do different handshakes.
+    tls_groups: str = "X25519:P-256:X448:P-521:P-384"
 
 
 @dataclass
@@ -664,7 +671,8 @@ def run_load(lab, target: Target, settings: LoadSettings, workdir: Path) -> dict
             cfg = {"worker": i, "sessions": share, "first_index": first, "server": target.address[0],
                    "port": target.address[1], "rate": settings.rate / n_workers, "max_pending": settings.max_pending,
                    "retries": settings.retries, "echo_interval": settings.echo_interval, "vnet_host": VNET_HOST,
-                   "start_at": start_at, "hand_window": settings.hand_window, **target.credentials}
+                   "start_at": start_at, "hand_window": settings.hand_window, "tls_groups": settings.tls_groups,
+                   **target.credentials}
             first += share
             path = workdir / f"worker-{i}.json"
             path.write_text(json.dumps(cfg))
@@ -753,6 +761,9 @@ def main() -> int:
     parser.add_argument("--src", type=Path, default=None, help="run the gateway (CLI, serve) and the workers from "
                         "this source tree instead of the checkout's src/ (e.g. a `git archive` snapshot, so that "
                         "edits in the working tree cannot change a long run half-way)")
+    parser.add_argument("--tls-groups", default=LoadSettings.tls_groups,
+                        help="key-exchange groups the clients offer, OpenSSL syntax ('' = OpenSSL's default, "
+                        "which puts the post-quantum X25519MLKEM768 first)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--worker", metavar="CONFIG", help=argparse.SUPPRESS)
@@ -985,6 +996,8 @@ def _drive(settings: LoadSettings, lab, target: Target, workers, lines, start_at
         "client_pings_sent": sum(f["pings_sent"] for f in finals.values()),
         "client_pings_received": sum(f["pings_received"] for f in finals.values()),
         "client_packet_drops": sum(f["client_drops"] for f in finals.values()),
+        "client_tls": dict(sum((collections.Counter(f.get("tls_seen", {})) for f in finals.values()),
+                               collections.Counter())),
         "client_send_errors": dict(sum((collections.Counter(f["send_errors"]) for f in finals.values()),
                                        collections.Counter())),
         "loadgen_cpu_s": [round(f["cpu_s"], 1) for f in finals.values()],
@@ -1023,6 +1036,7 @@ def print_report(r: dict) -> None:
         ("gateway CPU ms per handshake; CPU % in hold", f"{r['gateway_cpu_ms_per_handshake']}; {r['gateway_cpu_pct_hold']}"),
         ("gateway wake-ups/s in hold (context switches)", r["gateway_wakeups_per_s_hold"]),
         ("echo replies / sent (ratio)", f"{r['echo_replies']} / {r['echo_sent']} ({r['echo_reply_ratio']})"),
+        ("TLS the clients negotiated (sessions)", ", ".join(f"{k}: {v}" for k, v in r.get("client_tls", {}).items())),
         ("client keepalive pings sent / server pings received",
          f"{r['client_pings_sent']} / {r['client_pings_received']}"),
         ("load generator CPU s per worker", r["loadgen_cpu_s"]),

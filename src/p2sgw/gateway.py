@@ -35,10 +35,11 @@ from .frontends.openvpn import OpenVPNFrontend, OpenVPNPeer
 from .io.openvpn_tcp import OpenVPNTcpConnection
 from .io.openvpn_udp import OpenVPNUdpEndpoint
 from .io.radius import AsyncRadiusClient, DynamicAuthorizationServer
+from .io.runtime import new_event_loop, settle_gc
 from .io.tcp_listener import SharedTcpListener
 from .io.timers import TimerHeap
 from .io.tun import TunDevice, ip_forwarding_enabled
-from .logs import DropCounter, log, log_loop_exceptions, setup_logging, warn
+from .logs import DropCounter, log, setup_logging, warn
 from .openvpn.session import SessionSettings
 from .openvpn.static_key import parse_static_key
 from .openvpn.tls import build_server_context
@@ -463,18 +464,12 @@ def _issued_by_any(cert: x509.Certificate, roots: list[x509.Certificate]) -> boo
 def run_gateway(state_dir: Path) -> int:
     config = load_config(state_dir)
     setup_logging(config.log_level)
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    log_loop_exceptions(loop)
+    loop = new_event_loop()
     gateway = None
     try:
         gateway = Gateway(state_dir, loop)
         gateway.open_tun()
+        settle_gc()
         loop.run_until_complete(gateway.run())
     except OSError as exc:
         warn("gateway.failed", error=str(exc))

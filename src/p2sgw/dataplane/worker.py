@@ -25,7 +25,8 @@ import sys
 import time
 
 from ..io.openvpn_udp import BATCH, RECV_SIZE, DatagramSender
-from ..logs import DropCounter, error, log, log_loop_exceptions, setup_logging
+from ..io.runtime import new_event_loop, settle_gc
+from ..logs import DropCounter, error, log, setup_logging
 from ..openvpn.data_channel import DataChannel, DataKey
 from ..openvpn.packets import P_DATA_V2
 from .path import (
@@ -213,20 +214,14 @@ class Worker:
 def main(argv: list[str]) -> int:
     args = json.loads(argv[0])
     setup_logging(args.get("log_level", "info"))
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    log_loop_exceptions(loop)
+    loop = new_event_loop()
     # the control process decides when we stop (a signal to the whole process group, e.g. from a
     # service manager, must not take the data plane away before the sessions are told to go)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker = Worker(args, loop)
     worker.start()
+    settle_gc()
     loop.run_until_complete(worker.stopped.wait())
     log("dataplane.worker_stopped", worker=worker.index)
     return 0

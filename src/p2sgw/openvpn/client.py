@@ -55,7 +55,7 @@ from .packets import (
 from .reliable import ReliableReceiver, ReliableSender
 from .replay import ReplayWindow
 from .static_key import Key2
-from .tls import TlsEndpoint, VerifyResult, _verify_error_string
+from .tls import TlsEndpoint, VerifyResult, _verify_error_string, set_groups
 from .tls_wrap import TlsWrap, WrapError
 
 TLS_PAYLOAD_CHUNK = 1100  # same control-packet size as the server (openvpn's tls-mtu is 1250)
@@ -86,14 +86,18 @@ def build_client_context(
     trusted_roots: Iterable[x509.Certificate],
     chain: Iterable[x509.Certificate] = (),
     tls_max: int | None = None,
+    groups: str | None = None,
 ) -> SSL.Context:
     """TLS ≥ 1.2 client context presenting `client_cert`; the server's chain must lead to a trusted root.
 
-    One context serves any number of sessions (the load generator shares one per process)."""
+    One context serves any number of sessions (the load generator shares one per process).
+    `groups`: the key exchanges to offer (OpenSSL's default when None)."""
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     if tls_max is not None:
         ctx.set_max_proto_version(tls_max)
+    if groups is not None:
+        set_groups(ctx, groups)
     ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.use_certificate(client_cert)
@@ -235,6 +239,7 @@ class Connected(ev.Event):
     push: PushReply
     cipher: str
     tls_version: str
+    tls_group: str = ""
 
 
 # ============================================================================ the session
@@ -532,7 +537,7 @@ class OpenVPNClientSession:
         self.connected_at = now
         self._tick_at = now + self.ping
         self._last_rx_progress = now
-        self._emit(Connected(push, cipher, ks.tls.version))
+        self._emit(Connected(push, cipher, ks.tls.version, ks.tls.group))
 
     def _activate(self, ks: _KeyState, now: float, cipher: str | None = None) -> None:
         cipher = cipher or (self.tx_key.cipher if self.tx_key else "AES-256-GCM")

@@ -66,6 +66,12 @@ def build_server_context(
     return ctx
 
 
+def set_groups(ctx: SSL.Context, groups: str) -> None:
+    """Key-exchange groups a context offers or accepts, in OpenSSL's list syntax ("X25519:P-256")."""
+    if _lib.SSL_CTX_set1_curves_list(ctx._context, groups.encode()) != 1:
+        raise ValueError(f"unknown TLS group in {groups!r}")
+
+
 def _verify_error_string(errnum: int) -> str:
     return _ffi.string(_lib.X509_verify_cert_error_string(errnum)).decode()
 
@@ -187,6 +193,14 @@ class TlsEndpoint:
     @property
     def cipher(self) -> str:
         return self._conn.get_cipher_name() or ""
+
+    @property
+    def group(self) -> str:
+        """The key exchange's group (e.g. "x25519", "X25519MLKEM768"); "" when unknown."""
+        if not getattr(_lib, "Cryptography_HAS_SSL_GET0_GROUP_NAME", False):
+            return ""
+        name = _lib.SSL_get0_group_name(self._conn._ssl)
+        return _ffi.string(name).decode() if name != _ffi.NULL else ""
 
 
 def _ssl_error_text(exc: SSL.Error) -> str:
