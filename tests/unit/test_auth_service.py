@@ -124,3 +124,31 @@ def test_token_format_and_lifetime():
     assert tokens.verify("user", token, 1101) is None  # beyond the lifetime of the real sign-in
     assert tokens.verify("user", token[:-2] + "AA", 1050) is None
     assert tokens.verify("user", "SESS_ID_AT_!!!", 1050) is None
+
+
+@pytest.mark.parametrize("combination", ["any", "all"])
+def test_at_once_answers_whatever_needs_no_radius_round_trip(combination):
+    """Front-ends decide synchronously when authenticate_at_once answers; it must agree with
+    authenticate() and leave exactly the RADIUS password checks to it."""
+    svc, radius = service(["certificate", "radius"], combination)
+    cases = [
+        Credentials("openvpn-udp", "r", peer_chain=[_cert("bob")]),
+        Credentials("openvpn-udp", "r", peer_chain=[_cert("bob", eku=())], username="alice", password="pw"),
+        Credentials("openvpn-udp", "r", username="alice", password="pw"),
+        Credentials("openvpn-udp", "r", peer_chain=[_cert("alice")], username="alice", password="pw"),
+        Credentials("openvpn-udp", "r"),
+    ]
+    for creds in cases:
+        radius.calls.clear()
+        now = svc.authenticate_at_once(creds)
+        assert radius.calls == []
+        full = run(svc.authenticate(creds))
+        if now is None:
+            assert radius.calls, creds  # only a real RADIUS question is left to the task
+        else:
+            assert (now.ok, now.method, now.reason) == (full.ok, full.method, full.reason) and radius.calls == []
+    token, _ = svc.issue_token(run(svc.authenticate(cases[3])), now=__import__("time").time())
+    by_token = svc.authenticate_at_once(Credentials("openvpn-udp", "r", peer_chain=[_cert("alice")],
+                                                    username="alice", password=token))
+    assert by_token is not None and by_token.ok
+    assert by_token.method == ("certificate+radius" if combination == "all" else "certificate")

@@ -63,31 +63,47 @@ class AuthService:
             return False  # certificate or browser: either signs in
         return True
 
+    def authenticate_at_once(self, creds: Credentials) -> AuthResult | None:
+        """The outcome when it needs no RADIUS round trip (a certificate, a session token, a
+        refusal), else None: front-ends then await authenticate(). Most sign-ins end here, without
+        a task or a loop turn."""
+        return self._at_once(creds)[0]
+
     async def authenticate(self, creds: Credentials) -> AuthResult:
-        if "oidc" in self.types and is_token(creds.password) and creds.username:
-            return self._token(creds.username, creds.password or "", time.time())
-        cert = self.certificates.check(creds) if "certificate" in self.types else None
-        if "radius" not in self.types or self.radius is None:
-            return cert or AuthResult.refuse("none", "no authentication method is enabled")
-        need_both = "certificate" in self.types and self.config.auth_combination == "all"
-        if cert is not None and need_both and not cert.ok:
-            return cert
-        if cert is not None and not need_both and cert.ok:
-            return cert
-        if creds.username is None:
-            if cert is not None and creds.peer_chain and not need_both:
-                return cert
-            return AuthResult.refuse("radius", "username and password required")
+        result, cert = self._at_once(creds)
+        if result is not None:
+            return result
         result = await self._password(creds)
-        if result.ok and need_both and cert is not None:
+        if result.ok and cert is not None:  # certificate and RADIUS both required, and both passed
             result = replace(result, method="certificate+radius", cert_thumbprint=cert.cert_thumbprint)
         return result
+
+    def _at_once(self, creds: Credentials) -> tuple[AuthResult | None, AuthResult | None]:
+        """(the outcome, None) when known now; else (None, the certificate check RADIUS must add to)."""
+        if "oidc" in self.types and is_token(creds.password) and creds.username:
+            return self._token(creds.username, creds.password or "", time.time()), None
+        cert = self.certificates.check(creds) if "certificate" in self.types else None
+        if "radius" not in self.types or self.radius is None:
+            return cert or AuthResult.refuse("none", "no authentication method is enabled"), None
+        need_both = "certificate" in self.types and self.config.auth_combination == "all"
+        if cert is not None and need_both and not cert.ok:
+            return cert, None
+        if cert is not None and not need_both and cert.ok:
+            return cert, None
+        if creds.username is None:
+            if cert is not None and creds.peer_chain and not need_both:
+                return cert, None
+            return AuthResult.refuse("radius", "username and password required"), None
+        if is_token(creds.password):
+            result = self._token(creds.username, creds.password or "", time.time())
+            if result.ok and need_both and cert is not None:
+                result = replace(result, method="certificate+radius", cert_thumbprint=cert.cert_thumbprint)
+            return result, None
+        return None, cert if need_both else None
 
     async def _password(self, creds: Credentials) -> AuthResult:
         assert creds.username is not None
         now = time.time()
-        if is_token(creds.password):
-            return self._token(creds.username, creds.password or "", now)
         state = creds.challenge_state
         password = creds.password or ""
         if password.startswith("CRV1::"):  # answer to a dynamic challenge, given by reconnecting

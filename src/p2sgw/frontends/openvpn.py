@@ -180,7 +180,7 @@ class OpenVPNFrontend:
     def _handle_event(self, peer: OpenVPNPeer, event: ev.Event) -> None:
         sid = peer.session.id if peer.session else None
         if isinstance(event, ev.AuthRequest):
-            self._spawn(peer, event.key_id, self._authenticate(peer, event))
+            self._authenticate(peer, event)
         elif isinstance(event, ev.ChallengeResponse):
             self._answer(peer, event)
         elif isinstance(event, ev.KeepaliveDue):
@@ -216,8 +216,9 @@ class OpenVPNFrontend:
         elif isinstance(event, ev.ControlMessage):
             log("openvpn.control_message", session=sid, text=event.text[:100])
 
-    async def _authenticate(self, peer: OpenVPNPeer, event: ev.AuthRequest, answer: str | None = None,
-                            challenge: Challenge | None = None) -> None:
+    def _authenticate(self, peer: OpenVPNPeer, event: ev.AuthRequest, answer: str | None = None,
+                      challenge: Challenge | None = None) -> None:
+        """Decide at once when no RADIUS round trip is needed (certificates, tokens), else in a task."""
         creds = Credentials(
             protocol=peer.protocol,
             remote=peer.remote,
@@ -228,17 +229,30 @@ class OpenVPNFrontend:
             challenge_state=challenge.state if challenge is not None else None,
         )
         auth = self.gw.auth
-        if auth.wants_browser(creds):
-            self._web_sign_in(peer, event)
+        try:
+            if auth.wants_browser(creds):
+                self._web_sign_in(peer, event)
+                return
+            result = auth.authenticate_at_once(creds)
+            if result is not None:
+                self._conclude(peer, event, result)
+                return
+        except Exception as exc:  # noqa: BLE001 (a bug in one sign-in must not reach the packet loop)
+            self._internal_error(peer, event.key_id, exc)
             return
         wait = auth.may_wait(creds)
         if wait:  # RADIUS may hold the request for a push-MFA approval: the client must not give up
             peer.core.pending(event.key_id, time.time(), wait + PENDING_MARGIN)
             self.pump(peer)
-        result = await auth.authenticate(creds)
+        self._spawn(peer, event.key_id, self._authenticate_remotely(peer, event, creds))
+
+    async def _authenticate_remotely(self, peer: OpenVPNPeer, event: ev.AuthRequest, creds: Credentials) -> None:
+        result = await self.gw.auth.authenticate(creds)
+        if not peer.closed:
+            self._conclude(peer, event, result)
+
+    def _conclude(self, peer: OpenVPNPeer, event: ev.AuthRequest, result: AuthResult) -> None:
         now = time.time()
-        if peer.closed:
-            return
         if result.challenge is not None and event.username is not None:
             self._challenge(peer, event, result.challenge, now)
             return
@@ -356,7 +370,7 @@ class OpenVPNFrontend:
             return
         request, challenge = peer.challenge
         peer.challenge = None
-        self._spawn(peer, request.key_id, self._authenticate(peer, request, event.response, challenge))
+        self._authenticate(peer, request, event.response, challenge)
 
     def _spawn(self, peer: OpenVPNPeer, key_id: int, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -365,13 +379,15 @@ class OpenVPNFrontend:
         def done(task: asyncio.Task) -> None:
             self._auth_tasks.discard(task)
             if not task.cancelled() and task.exception() is not None:
-                exc = task.exception()
-                error("auth.internal_error", session=peer.session_id, error=f"{type(exc).__name__}: {exc}")
-                if not peer.closed:
-                    peer.core.deny(key_id, "internal error during sign-in", time.time())
-                    self.pump(peer)
+                self._internal_error(peer, key_id, task.exception())
 
         task.add_done_callback(done)
+
+    def _internal_error(self, peer: OpenVPNPeer, key_id: int, exc: BaseException) -> None:
+        error("auth.internal_error", session=peer.session_id, error=f"{type(exc).__name__}: {exc}")
+        if not peer.closed:
+            peer.core.deny(key_id, "internal error during sign-in", time.time())
+            self.pump(peer)
 
     def shutdown(self, message: str = "RESTART") -> None:
         for peer in list(self.peers):
