@@ -9,6 +9,10 @@ Address choice for a new session of an identity:
 3. else the idle mapped address used least recently (its old owner loses stickiness, nobody loses service);
 4. else None: every address is live.
 Each step is O(1) or O(log n); addresses never handed out are walked lazily, so a /8 costs no memory up front.
+
+Mapping changes are written behind: queued in memory and written by flush() (the gateway calls it
+every second and when it stops) in one transaction, so a sign-in never waits for the database. A
+crash loses at most the last second's stickiness, never an address in use (that is in memory only).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from p2sgw.store import Store
+from p2sgw.store import LeaseChange, Store
+from p2sgw.store.models import utcnow
 
 IPv4 = ipaddress.IPv4Address
 # A pool needs its network, gateway and broadcast addresses plus at least one client address.
@@ -61,6 +66,7 @@ class AddressPool:
         self._returned: list[int] = []  # heap of unmapped addresses given back below the cursor
         self._cursor_range = 0
         self._cursor = self._ranges[0][0]
+        self._pending: list[LeaseChange] = []  # written by flush()
         for record in store.load_leases(pool_id):
             address = int(IPv4(record.address))
             if self._is_client_address(address):
@@ -72,7 +78,7 @@ class AddressPool:
         mapped = self._address_of.get(identity)
         if mapped is not None and mapped not in self._live:
             self._take_live(mapped)
-            self._store.save_lease(self._pool_id, identity, str(IPv4(mapped)))  # refreshes updated_at
+            self._queue(str(IPv4(mapped)), identity)  # refreshes updated_at (least recently used goes first)
             return IPv4(mapped)
         # A second concurrent session of an identity gets an address of its own without moving the mapping.
         persist = mapped is None
@@ -83,13 +89,24 @@ class AddressPool:
                 return None
             del self._address_of[self._owner.pop(address)]
             if not persist:
-                self._store.delete_lease(self._pool_id, str(IPv4(address)))
+                self._queue(str(IPv4(address)), None)
         self._live.add(address)
         if persist:
             self._owner[address] = identity
             self._address_of[identity] = address
-            self._store.save_lease(self._pool_id, identity, str(IPv4(address)))
+            self._queue(str(IPv4(address)), identity)
         return IPv4(address)
+
+    def flush(self) -> int:
+        """Write the queued mapping changes; returns how many. On a database error they stay queued."""
+        if not self._pending:
+            return 0
+        self._store.apply_lease_changes(self._pending)
+        count, self._pending = len(self._pending), []
+        return count
+
+    def _queue(self, address: str, identity: str | None) -> None:
+        self._pending.append(LeaseChange(self._pool_id, address, identity, utcnow()))
 
     def claim(self, address: IPv4 | str) -> bool:
         """Take a specific address (a static one from RADIUS Framed-IP-Address) if it is ours and free."""

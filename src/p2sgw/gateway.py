@@ -53,6 +53,7 @@ from .web.app import WebEndpoint
 from .web.signin import SignInBroker
 
 CONFIG_POLL_INTERVAL = 1.0
+LEASE_FLUSH_INTERVAL = 1.0  # seconds between writes of queued sticky-lease changes
 
 
 class Gateway:
@@ -215,8 +216,18 @@ class Gateway:
             self.accounting.accounting_on()
         self.control_server = await start_control_server(self.state_dir / "control.sock", self.handle_control)
         self._watcher = self.loop.create_task(self._watch_config())
+        self._lease_timer = self.loop.call_later(LEASE_FLUSH_INTERVAL, self._flush_leases)
         log("gateway.ready", public_address=self.config.public_address,
             pools=",".join(self.config.vpn_client_address_pool), tun=ovpn.tun_name)
+
+    def _flush_leases(self, again: bool = True) -> None:
+        """Sticky-lease changes are written behind (addressing.py): one transaction a second at most."""
+        try:
+            self.policy.flush_leases()
+        except Exception as exc:  # noqa: BLE001 (the database may be away: keep them queued, retry)
+            warn("store.lease_write_failed", error=f"{type(exc).__name__}: {exc}")
+        if again:
+            self._lease_timer = self.loop.call_later(LEASE_FLUSH_INTERVAL, self._flush_leases)
 
     # ---------------------------------------------------------------- data path
     def tun_write(self, packets: list[bytes]) -> None:
@@ -442,6 +453,8 @@ class Gateway:
         if self.tun is not None:
             self.loop.remove_reader(self.tun.fds[0])
         self._watcher.cancel()
+        self._lease_timer.cancel()
+        self._flush_leases(again=False)
         self.timers.close()
         self.store.close()
         log("gateway.stopped")

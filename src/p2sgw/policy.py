@@ -73,6 +73,10 @@ class PolicyGroups:
                         raise ValueError(f"address pools of groups {name} and {group.name} overlap ({other}, {net})")
                 seen.append((net, group.name))
 
+    def flush_leases(self) -> int:
+        """Write every pool's queued lease changes (see addressing.py); returns how many."""
+        return sum(group.pool.flush() for group in self.all())
+
     def all(self) -> list[GroupPolicy]:
         return self.groups + ([self.default] if self.default not in self.groups else [])
 

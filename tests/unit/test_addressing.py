@@ -46,6 +46,8 @@ def test_concurrent_session_of_same_identity_gets_another_address(store):
 def test_restart_keeps_mapping(store):
     pool = AddressPool(["10.8.0.0/24"], store)
     addresses = {name: pool.lease(name) for name in ("alice", "bob", "carol")}
+    assert store.load_leases("default") == []  # written behind: a sign-in never waits for the database
+    assert pool.flush() == 3 and pool.flush() == 0
     restarted = AddressPool(["10.8.0.0/24"], store)
     assert restarted.lease("carol") == addresses["carol"]
     assert restarted.lease("dave") not in addresses.values()
@@ -134,3 +136,35 @@ def test_claim_static_address(tmp_path):
     assert "172.16.201.5" not in leased
     pool.release("172.16.201.5")
     assert pool.claim("172.16.201.5")
+
+
+def test_queued_changes_replayed_in_order_keep_least_recently_used_order(store):
+    """Stealing an idle mapping, re-leasing and deleting all land in one flush, in order."""
+    pool = AddressPool(["10.8.0.0/29"], store)  # clients .2 to .6
+    first = {name: pool.lease(name) for name in ("a", "b", "c", "d", "e")}
+    for address in first.values():
+        pool.release(address)
+    assert pool.lease("c") == first["c"]  # refreshed: now the most recently used
+    pool.release(first["c"])
+    stolen = pool.lease("f")  # no unmapped address left: takes the least recently used ("a"'s)
+    assert stolen == first["a"]
+    pool.flush()
+    restarted = AddressPool(["10.8.0.0/29"], store)
+    owners = {record.identity: record.address for record in store.load_leases("default")}
+    assert "a" not in owners and owners["f"] == str(first["a"])
+    assert [r.identity for r in store.load_leases("default")][-2:] == ["c", "f"]  # least recently used first
+    assert restarted.lease("b") == first["b"]
+
+
+def test_failed_flush_keeps_the_changes_queued(store, monkeypatch):
+    pool = AddressPool(["10.8.0.0/24"], store)
+    pool.lease("alice")
+
+    def down(changes):
+        raise OSError("database unreachable")
+
+    monkeypatch.setattr(store, "apply_lease_changes", down)
+    with pytest.raises(OSError):
+        pool.flush()
+    monkeypatch.undo()
+    assert pool.flush() == 1 and store.load_leases("default")[0].identity == "alice"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine, delete, event, or_, select
+from sqlalchemy import create_engine, delete, event, insert, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
@@ -17,6 +18,16 @@ if TYPE_CHECKING:
 
 DB_NAME = "p2sgw.db"
 SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseChange:
+    """One identity -> address mapping change of a pool; identity None deletes the address's mapping."""
+
+    pool: str
+    address: str
+    identity: str | None
+    at: dt.datetime
 
 
 class Store:
@@ -101,20 +112,29 @@ class Store:
             query = select(LeaseRecord).where(LeaseRecord.pool == pool).order_by(LeaseRecord.updated_at)
             return list(session.scalars(query))
 
-    def save_lease(self, pool: str, identity: str, address: str) -> None:
-        """Map identity to address, dropping whatever either of them was mapped to before."""
+    def apply_lease_changes(self, changes: list[LeaseChange]) -> None:
+        """Apply queued mapping changes in order, in one transaction (AddressPool writes behind)."""
         with self._session.begin() as session:
-            session.execute(
-                delete(LeaseRecord).where(
-                    LeaseRecord.pool == pool,
-                    or_(LeaseRecord.address == address, LeaseRecord.identity == identity),
+            for change in changes:
+                if change.identity is None:
+                    session.execute(delete(LeaseRecord).where(LeaseRecord.pool == change.pool,
+                                                              LeaseRecord.address == change.address))
+                    continue
+                # map identity to address, dropping whatever either of them was mapped to before
+                session.execute(
+                    delete(LeaseRecord).where(
+                        LeaseRecord.pool == change.pool,
+                        or_(LeaseRecord.address == change.address, LeaseRecord.identity == change.identity),
+                    )
                 )
-            )
-            session.add(LeaseRecord(pool=pool, address=address, identity=identity, updated_at=utcnow()))
+                session.execute(insert(LeaseRecord).values(pool=change.pool, address=change.address,
+                                                           identity=change.identity, updated_at=change.at))
+
+    def save_lease(self, pool: str, identity: str, address: str) -> None:
+        self.apply_lease_changes([LeaseChange(pool, address, identity, utcnow())])
 
     def delete_lease(self, pool: str, address: str) -> None:
-        with self._session.begin() as session:
-            session.execute(delete(LeaseRecord).where(LeaseRecord.pool == pool, LeaseRecord.address == address))
+        self.apply_lease_changes([LeaseChange(pool, address, None, utcnow())])
 
 
 def _tune_sqlite(dbapi_connection, _record) -> None:
