@@ -3,9 +3,10 @@
 A session is handed over once its first data key is active (`hand_over`), and from then on its
 key set follows every change (`keys_changed`), its keepalive pings are sent by the worker
 (`ping`) and its counters are read from the shared table. Messages are queued and sent once per
-loop turn, one datagram per worker, however many sessions came up or pinged in that turn. A worker that
-dies takes its sessions' packet-id counters with it, so those sessions are told to reconnect
-(new keys; never a reused nonce) and the worker is started again on the same socket and queue.
+loop turn, one datagram per worker, however many sessions came up or pinged in that turn. A
+worker that dies takes its sessions' packet-id counters with it, so those sessions are told to
+reconnect (new keys; never a reused nonce) and the worker is started again on the same socket
+and queue.
 """
 
 from __future__ import annotations
