@@ -42,6 +42,7 @@ from e2e.gateway_fixture import init_gateway, single_transport_profile  # noqa: 
 from e2e.lab import Lab  # noqa: E402
 
 
+CLIENTS = 4  # client namespaces: the several-clients test runs one openvpn client in each
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) us=(\d+) (.*)$")
 
 
@@ -98,8 +99,42 @@ def measure(lab: Lab, name: str, profile: Path, pid: int, seconds: int, handshak
         if "lost_percent" in summary:
             result[f"{case}_loss_pct"] = summary["lost_percent"]
         result[f"cpu_s_per_gb_{case}"] = cpu / (moved / 1e9) if moved else float("nan")
+    result.update(several_clients(lab, name, profile, pid, seconds))
     client.stop()
     return result
+
+
+def several_clients(lab: Lab, name: str, profile: Path, pid: int, seconds: int) -> dict:
+    """TCP upload from every client namespace at once, one openvpn client and one stream each
+    (the first client is already connected); the aggregate the gateway moves."""
+    others = [lab.start_openvpn_client(ns, profile, name=f"{name}-{ns}") for ns in lab.clients[1:]]
+    for other in others:
+        other.wait_connected(timeout=30)
+    reports: dict[str, dict] = {}
+    errors: list[str] = []
+
+    def upload(ns: str, port: int) -> None:
+        try:
+            reports[ns] = lab.iperf3(ns, lab.vnet_ip, seconds=seconds, port=port)
+        except RuntimeError as exc:
+            errors.append(f"{ns}: {exc}")
+
+    cpu0 = tree_cpu_seconds(pid)
+    threads = [threading.Thread(target=upload, args=(ns, 5201 + i)) for i, ns in enumerate(lab.clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cpu = tree_cpu_seconds(pid) - cpu0
+    for other in others:
+        other.stop()
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    received = [r["end"]["sum_received"] for r in reports.values()]
+    moved = sum(r["bytes"] for r in received)
+    return {"tcp_upload_clients_mbps": sum(r["bits_per_second"] for r in received) / 1e6,
+            "tcp_upload_clients_min_mbps": min(r["bits_per_second"] for r in received) / 1e6,
+            "cpu_s_per_gb_tcp_upload_clients": cpu / (moved / 1e9) if moved else float("nan")}
 
 
 IPERF_CASES = [
@@ -131,6 +166,9 @@ ROWS = [
     ("tcp_upload_mbps", "TCP upload, 1 stream (Mbit/s)"),
     ("tcp_download_mbps", "TCP download, 1 stream (Mbit/s)"),
     ("tcp_upload_4_mbps", "TCP upload, 4 streams (Mbit/s)"),
+    ("tcp_upload_clients_mbps", "TCP upload, {c} clients at once, aggregate (Mbit/s)"),
+    ("tcp_upload_clients_min_mbps", "TCP upload, {c} clients at once, slowest client (Mbit/s)"),
+    ("cpu_s_per_gb_tcp_upload_clients", "gateway CPU s per GB, {c} clients uploading"),
     ("udp_upload_mbps", "UDP upload at 1 Gbit/s offered, received (Mbit/s)"),
     ("udp_upload_loss_pct", "UDP upload loss (%)"),
     ("cpu_s_per_gb_tcp_upload", "gateway CPU s per GB, TCP upload"),
@@ -152,7 +190,7 @@ def _number(value: float) -> str:
 def table(ours: dict, ref: dict, sessions: int) -> str:
     lines = ["| metric | p2sgw | openvpn 2.6 | ratio p2sgw/openvpn |", "|---|---|---|---|"]
     for key, label in ROWS:
-        label = label.format(m=sessions)
+        label = label.format(m=sessions, c=CLIENTS)
         a, b = ours.get(key), ref.get(key)
         a, b = (float("nan") if v is None else v for v in (a, b))
         ratio = a / b if b else float("nan")
@@ -178,7 +216,7 @@ def main() -> int:
                         ramp_timeout=30 if args.smoke else 0)
     raise_nofile(max(65536, args.sessions + 4096))
     workdir = Path(f"/tmp/p2sgw-bench-{os.getpid()}")
-    with Lab(1, workdir=workdir, pool=P2SGW_POOL) as lab:
+    with Lab(CLIENTS, workdir=workdir, pool=P2SGW_POOL) as lab:
         use_source_tree(lab, args.src)
         gw = init_gateway(lab)
         profile = single_transport_profile(gw.issue("bench"), "udp")
