@@ -72,12 +72,26 @@ def new_session_id(protocol: str) -> str:
 class SessionRegistry:
     def __init__(self) -> None:
         self._by_id: dict[str, Session] = {}
+        # sessions by the sign-in token they hold (set before add, never changed): a reconnect
+        # of the same sign-in finds its stale session without scanning every session
+        self._by_token: dict[bytes, dict[str, Session]] = {}
 
     def add(self, session: Session) -> None:
         self._by_id[session.id] = session
+        if session.token_id is not None:
+            self._by_token.setdefault(session.token_id, {})[session.id] = session
 
     def remove(self, session: Session) -> None:
         self._by_id.pop(session.id, None)
+        if session.token_id is not None:
+            holders = self._by_token.get(session.token_id)
+            if holders is not None:
+                holders.pop(session.id, None)
+                if not holders:
+                    del self._by_token[session.token_id]
+
+    def with_token(self, token_id: bytes) -> list[Session]:
+        return list(self._by_token.get(token_id, {}).values())
 
     def get(self, session_id: str) -> Session | None:
         return self._by_id.get(session_id)

@@ -277,11 +277,10 @@ class OpenVPNFrontend:
             return
         if result.token_id is not None:
             # the same sign-in reconnecting (new port, network change): its old session is stale
-            for old in self.gw.registry:
-                if old.token_id == result.token_id:
-                    log("session.replaced", session=old.id, by=peer.session_id, identity=old.identity)
-                    auth.revoke_token(old.token_id)  # a fresh token is pushed below
-                    old.tunnel.abandon("replaced by a reconnect of the same sign-in")
+            for old in self.gw.registry.with_token(result.token_id):
+                log("session.replaced", session=old.id, by=peer.session_id, identity=old.identity)
+                auth.revoke_token(old.token_id)  # a fresh token is pushed below
+                old.tunnel.abandon("replaced by a reconnect of the same sign-in")
         group = self.gw.policy.select(result)
         address, refusal = self.gw.lease_address(group, result)
         if address is None:
