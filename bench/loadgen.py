@@ -153,20 +153,14 @@ def raise_nofile(need: int) -> tuple[int, int]:
 
 # =====================================================================================================
 # worker: runs inside the client namespace
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def icmp_echo(src: bytes, dst: bytes, ident: int, seq: int, payload: bytes = b"p2sgw-loadgen-echo......") -> bytes:
+    # imported here, where the worker runs with p2sgw on its path
+    from p2sgw.io.gro import internet_checksum
+
     icmp = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + payload
-    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", internet_checksum(icmp)) + icmp[4:]
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), seq & 0xFFFF, 0x4000, 64, 1, 0, src, dst)
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     return header + icmp
 
 

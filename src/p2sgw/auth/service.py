@@ -73,10 +73,7 @@ class AuthService:
         result, cert = self._at_once(creds)
         if result is not None:
             return result
-        result = await self._password(creds)
-        if result.ok and cert is not None:  # certificate and RADIUS both required, and both passed
-            result = replace(result, method="certificate+radius", cert_thumbprint=cert.cert_thumbprint)
-        return result
+        return _with_certificate(await self._password(creds), cert)
 
     def _at_once(self, creds: Credentials) -> tuple[AuthResult | None, AuthResult | None]:
         """(the outcome, None) when known now; else (None, the certificate check RADIUS must add to)."""
@@ -94,12 +91,10 @@ class AuthService:
             if cert is not None and creds.peer_chain and not need_both:
                 return cert, None
             return AuthResult.refuse("radius", "username and password required"), None
+        also = cert if need_both else None  # a passed certificate that RADIUS (or its token) must join
         if is_token(creds.password):
-            result = self._token(creds.username, creds.password or "", time.time())
-            if result.ok and need_both and cert is not None:
-                result = replace(result, method="certificate+radius", cert_thumbprint=cert.cert_thumbprint)
-            return result, None
-        return None, cert if need_both else None
+            return _with_certificate(self._token(creds.username, creds.password or "", time.time()), also), None
+        return None, also
 
     async def _password(self, creds: Credentials) -> AuthResult:
         assert creds.username is not None
@@ -151,3 +146,10 @@ class AuthService:
         if len(self._challenges) > 1000:
             for sid in [s for s, c in self._challenges.items() if c[2] < now]:
                 del self._challenges[sid]
+
+
+def _with_certificate(result: AuthResult, cert: AuthResult | None) -> AuthResult:
+    """A passed password (or token) check that a required, passed certificate check joins."""
+    if result.ok and cert is not None:
+        return replace(result, method="certificate+radius", cert_thumbprint=cert.cert_thumbprint)
+    return result

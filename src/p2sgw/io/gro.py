@@ -30,6 +30,13 @@ def _checksum_fold(total: int) -> int:
     return total
 
 
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 checksum of any length (odd lengths padded with a zero byte)."""
+    if len(data) % 2:
+        data += b"\0"
+    return ~_checksum_fold(sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
+
+
 def _ip_header_checksum(header: bytes | bytearray) -> int:
     return ~_checksum_fold(sum(struct.unpack("!10H", header))) & 0xFFFF
 

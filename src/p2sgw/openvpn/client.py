@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 from . import events as ev
 from .data_channel import KEEPALIVE_PING, OCC_EXIT, OCC_MAGIC, DataKey, is_keepalive
@@ -55,7 +55,7 @@ from .packets import (
 from .reliable import ReliableReceiver, ReliableSender
 from .replay import ReplayWindow
 from .static_key import Key2
-from .tls import TlsEndpoint, VerifyResult, _verify_error_string, set_groups
+from .tls import TlsEndpoint, new_context, set_groups
 from .tls_wrap import TlsWrap, WrapError
 
 TLS_PAYLOAD_CHUNK = 1100  # same control-packet size as the server (openvpn's tls-mtu is 1250)
@@ -92,34 +92,11 @@ def build_client_context(
 
     One context serves any number of sessions (the load generator shares one per process).
     `groups`: the key exchanges to offer (OpenSSL's default when None)."""
-    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx = new_context(SSL.TLS_CLIENT_METHOD, client_cert, client_key, chain, trusted_roots, SSL.VERIFY_PEER)
     if tls_max is not None:
         ctx.set_max_proto_version(tls_max)
     if groups is not None:
         set_groups(ctx, groups)
-    ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
-    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    ctx.use_certificate(client_cert)
-    ctx.use_privatekey(client_key)
-    for extra in chain:
-        ctx.add_extra_chain_cert(extra)
-    store = ctx.get_cert_store()
-    assert store is not None
-    for root in trusted_roots:
-        store.add_cert(crypto.X509.from_cryptography(root))
-
-    def verify(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
-        result: VerifyResult = conn.get_app_data()
-        if not ok:
-            text = _verify_error_string(errnum)
-            result.errors.append(text)
-            if result.error is None:
-                result.error, result.depth = text, depth
-                result.subject = cert.to_cryptography().subject.rfc4514_string()
-        return bool(ok)
-
-    ctx.set_verify(SSL.VERIFY_PEER, verify)
     return ctx
 
 

@@ -215,17 +215,6 @@ class DataChannel:
         self.rx_keys = [None] * 8
         self.tx_key = None
 
-    def shed_contexts(self) -> dict[int, KeySpec]:
-        """Replace every key by its KeySpec (see there); returns them by id() of the old key, so
-        callers holding the old objects can swap theirs."""
-        swapped: dict[int, KeySpec] = {}
-        for key in [*self.rx_keys, self.tx_key]:
-            if key is not None and id(key) not in swapped:
-                swapped[id(key)] = key if isinstance(key, KeySpec) else KeySpec(key.spec)
-        self.rx_keys = [None if key is None else swapped[id(key)] for key in self.rx_keys]
-        self.tx_key = None if self.tx_key is None else swapped[id(self.tx_key)]
-        return swapped
-
 
 def is_keepalive(payload: bytes) -> bool:
     return payload == KEEPALIVE_PING

@@ -499,10 +499,18 @@ class OpenVPNServerSession:
         stats[:] = self.data.stats  # what was counted here so far
         self.data.stats = stats
         self.remote_data = True
-        swapped = self.data.shed_contexts()
+        specs: dict[int, KeySpec] = {}  # by id() of the key it replaces: `is` comparisons keep holding
+
+        def shed(key: DataKey | KeySpec | None) -> KeySpec | None:
+            if key is None or isinstance(key, KeySpec):
+                return key
+            return specs.setdefault(id(key), KeySpec(key.spec))
+
+        self.data.rx_keys = [shed(key) for key in self.data.rx_keys]
+        self.data.tx_key = shed(self.data.tx_key)
         for ks in self.keys:
-            if ks is not None and ks.data_key is not None:
-                ks.data_key = swapped.get(id(ks.data_key)) or KeySpec(ks.data_key.spec)
+            if ks is not None:
+                ks.data_key = shed(ks.data_key)
 
     def data_lost(self) -> None:
         """The process serving the data channel died, and with it the keys' packet-id counters:

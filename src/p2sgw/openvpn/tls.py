@@ -6,6 +6,7 @@ pyOpenSSL wraps SSL_export_keying_material. No sockets here: bytes in, bytes out
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -36,34 +37,49 @@ def build_server_context(
 ) -> SSL.Context:
     """TLS ≥ 1.2 server context; a client certificate, when sent (or required), must chain to one of
     `trusted_roots`."""
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if require_client_certificate else 0)
+    ctx = new_context(SSL.TLS_SERVER_METHOD, server_cert, server_key, chain, trusted_roots, mode)
+    # an idle session keeps its TLS connection for its whole life: don't keep 2 × 16 KiB of buffers with it
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    return ctx
+
+
+def new_context(
+    method: int,
+    cert: x509.Certificate,
+    key: PrivateKeyTypes,
+    chain: Iterable[x509.Certificate],
+    trusted_roots: Iterable[x509.Certificate],
+    verify_mode: int,
+) -> SSL.Context:
+    """What the server and the client side (openvpn/client.py) share: TLS ≥ 1.2, no tickets,
+    compression or renegotiation, our certificate, and a peer chain checked against
+    `trusted_roots`, with the first failure recorded in the connection's VerifyResult."""
+    ctx = SSL.Context(method)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    # an idle session keeps its TLS connection for its whole life: don't keep 2 × 16 KiB of buffers with it
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    ctx.use_certificate(server_cert)
-    ctx.use_privatekey(server_key)
+    ctx.use_certificate(cert)
+    ctx.use_privatekey(key)
     for extra in chain:
         ctx.add_extra_chain_cert(extra)
     store = ctx.get_cert_store()
     assert store is not None
     for root in trusted_roots:
         store.add_cert(crypto.X509.from_cryptography(root))
-
-    def verify(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
-        result: VerifyResult = conn.get_app_data()
-        if not ok:
-            text = _verify_error_string(errnum)
-            result.errors.append(text)
-            if result.error is None:
-                result.error, result.depth = text, depth
-                result.subject = cert.to_cryptography().subject.rfc4514_string()
-        return bool(ok)
-
-    mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if require_client_certificate else 0)
-    ctx.set_verify(mode, verify)
+    ctx.set_verify(verify_mode, _record_verify_error)
     return ctx
+
+
+def _record_verify_error(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
+    result: VerifyResult = conn.get_app_data()
+    if not ok:
+        text = _verify_error_string(errnum)
+        result.errors.append(text)
+        if result.error is None:
+            result.error, result.depth = text, depth
+            result.subject = cert.to_cryptography().subject.rfc4514_string()
+    return bool(ok)
 
 
 def set_groups(ctx: SSL.Context, groups: str) -> None:
